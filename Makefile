@@ -1,0 +1,67 @@
+# tether - build, test, demo, install.   make LUA=5.4|5.3|5.1|luajit
+LUA ?= 5.4
+
+ifeq ($(LUA),luajit)
+  LUA_BIN ?= luajit
+  LUA_PC  ?= luajit
+  LUA_PKGS ?= luajit libluajit-5.1-dev
+else
+  LUA_BIN ?= lua$(LUA)
+  LUA_PC  ?= lua$(LUA)
+  LUA_PKGS ?= lua$(LUA) liblua$(LUA)-dev
+endif
+
+BUILD   := build/$(LUA)
+CORE    := $(BUILD)/tether/core.so
+SRCS    := $(wildcard src/*.c)
+OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+HDRS    := $(wildcard src/*.h)
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -fvisibility=hidden
+LUA_CFLAGS = $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
+LDFLAGS += -shared -pthread
+
+# What make test and make demo need, from Debian's packages.
+DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks
+
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
+export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
+export TETHER_LUA := $(LUA_BIN)
+
+.PHONY: all deps test demo clean install
+
+all: $(CORE)
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+
+$(CORE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(OBJS)
+
+# Install what is missing when run as root (a fresh Debian machine); otherwise say what is missing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
+	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
+	fi
+
+test: $(CORE)
+	@mkdir -p $(BUILD)
+	@$(LUA_BIN) /usr/bin/busted -o TAP spec > $(BUILD)/test.tap 2>$(BUILD)/test.err; rc=$$?; \
+	  cat $(BUILD)/test.tap; cat $(BUILD)/test.err >&2; \
+	  $(LUA_BIN) scripts/tap-summary.lua $(BUILD)/test.tap $$rc
+
+demo: $(CORE)
+	$(LUA_BIN) examples/tour.lua
+
+clean:
+	rm -rf build

@@ -1,0 +1,186 @@
+/* buffer.c - tether.buffer: captured output, read straight from an fd into one growing
+ * block (no per-chunk strings). With a limit, the first half and the last half of the
+ * limit are kept (head and tail) and the buffer is marked truncated. */
+#include "tether.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+  char *data;            /* everything, or the head once truncated */
+  size_t len, cap;
+  size_t limit;          /* 0: unlimited */
+  size_t head;           /* bytes of data kept once truncated: limit - limit/2 */
+  char *ring;            /* the tail once truncated: the last limit/2 bytes */
+  size_t ring_cap, ring_pos, ring_len;
+  size_t total;          /* all bytes ever appended */
+  int truncated;
+} tbuf;
+
+static tbuf *check_buf(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TETHER_BUFFER_MT);
+}
+
+static int grow(tbuf *b, size_t need) {
+  if (need <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 16384;
+  while (cap < need) cap *= 2;
+  char *p = realloc(b->data, cap);
+  if (!p) return -1;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+static void ring_append(tbuf *b, const char *s, size_t n) {
+  if (b->ring_cap == 0) return;
+  if (n >= b->ring_cap) { /* only the last ring_cap bytes survive */
+    memcpy(b->ring, s + n - b->ring_cap, b->ring_cap);
+    b->ring_pos = 0;
+    b->ring_len = b->ring_cap;
+    return;
+  }
+  size_t first = b->ring_cap - b->ring_pos;
+  if (first > n) first = n;
+  memcpy(b->ring + b->ring_pos, s, first);
+  memcpy(b->ring, s + first, n - first);
+  b->ring_pos = (b->ring_pos + n) % b->ring_cap;
+  b->ring_len = b->ring_len + n > b->ring_cap ? b->ring_cap : b->ring_len + n;
+}
+
+/* Append n bytes; returns -1 when out of memory. */
+static int buf_add(tbuf *b, const char *s, size_t n) {
+  b->total += n;
+  if (!b->truncated && (b->limit == 0 || b->len + n <= b->limit)) {
+    if (grow(b, b->len + n) < 0) return -1;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 0;
+  }
+  if (!b->truncated) { /* first overflow: fill the head, move the rest to the tail ring */
+    if (b->len < b->head) {
+      size_t k = b->head - b->len < n ? b->head - b->len : n;
+      if (grow(b, b->head) < 0) return -1;
+      memcpy(b->data + b->len, s, k);
+      b->len += k;
+      s += k;
+      n -= k;
+    }
+    b->ring_cap = b->limit / 2;
+    b->ring = malloc(b->ring_cap ? b->ring_cap : 1);
+    if (!b->ring) return -1;
+    b->truncated = 1;
+    ring_append(b, b->data + b->head, b->len - b->head);
+    b->len = b->head;
+  }
+  ring_append(b, s, n);
+  return 0;
+}
+
+/* buffer([limit]) -> a new empty buffer; limit (bytes) bounds what is kept, nil = unlimited. */
+static int buf_new(lua_State *L) {
+  lua_Integer limit = luaL_optinteger(L, 1, 0);
+  luaL_argcheck(L, limit >= 0, 1, "limit must be >= 0");
+  tbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  b->limit = (size_t)limit;
+  b->head = b->limit - b->limit / 2;
+  luaL_setmetatable(L, TETHER_BUFFER_MT);
+  return 1;
+}
+
+/* buf:read_from(fd [, max]) -> bytes read (> 0) | 0 at end of file | false when it would block
+ * | nil, errno. Reads straight into the buffer when it has room. */
+static int buf_read_from(lua_State *L) {
+  tbuf *b = check_buf(L, 1);
+  int fd = tether_checkfd(L, 2);
+  size_t max = (size_t)luaL_optinteger(L, 3, 65536);
+  ssize_t n;
+  if (!b->truncated && (b->limit == 0 || b->len + max <= b->limit)) {
+    if (grow(b, b->len + max) < 0) return tether_fail(L, ENOMEM);
+    do n = read(fd, b->data + b->len, max); while (n < 0 && errno == EINTR);
+    if (n > 0) { b->len += (size_t)n; b->total += (size_t)n; }
+  } else {
+    char tmp[65536];
+    if (max > sizeof tmp) max = sizeof tmp;
+    do n = read(fd, tmp, max); while (n < 0 && errno == EINTR);
+    if (n > 0 && buf_add(b, tmp, (size_t)n) < 0) return tether_fail(L, ENOMEM);
+  }
+  if (n < 0) {
+    int e = errno;
+    if (e == EAGAIN || e == EWOULDBLOCK) { lua_pushboolean(L, 0); return 1; }
+    return tether_fail(L, e);
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* buf:append(s) -> buf. */
+static int buf_append(lua_State *L) {
+  tbuf *b = check_buf(L, 1);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (buf_add(b, s, n) < 0) return luaL_error(L, "not enough memory");
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* buf:result() -> the kept bytes as one string (head then tail when truncated). */
+static int buf_result(lua_State *L) {
+  tbuf *b = check_buf(L, 1);
+  if (!b->truncated) {
+    lua_pushlstring(L, b->data ? b->data : "", b->len);
+    return 1;
+  }
+  luaL_Buffer lb;
+  luaL_buffinit(L, &lb);
+  luaL_addlstring(&lb, b->data, b->len);
+  size_t start = (b->ring_pos + b->ring_cap - b->ring_len) % (b->ring_cap ? b->ring_cap : 1);
+  size_t first = b->ring_cap - start < b->ring_len ? b->ring_cap - start : b->ring_len;
+  luaL_addlstring(&lb, b->ring + start, first);
+  luaL_addlstring(&lb, b->ring, b->ring_len - first);
+  luaL_pushresult(&lb);
+  return 1;
+}
+
+/* buf:total() -> all bytes appended; buf:truncated() -> whether bytes were dropped. */
+static int buf_total(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_buf(L, 1)->total);
+  return 1;
+}
+
+static int buf_truncated(lua_State *L) {
+  lua_pushboolean(L, check_buf(L, 1)->truncated);
+  return 1;
+}
+
+/* buf:free() releases the memory now; the buffer is then empty. Also __gc. */
+static int buf_free(lua_State *L) {
+  tbuf *b = check_buf(L, 1);
+  free(b->data);
+  free(b->ring);
+  size_t limit = b->limit, head = b->head;
+  memset(b, 0, sizeof *b);
+  b->limit = limit;
+  b->head = head;
+  return 0;
+}
+
+static const luaL_Reg buf_methods[] = {
+  {"read_from", buf_read_from}, {"append", buf_append}, {"result", buf_result},
+  {"total", buf_total}, {"truncated", buf_truncated}, {"free", buf_free}, {NULL, NULL},
+};
+
+void tether_open_buffer(lua_State *L) {
+  luaL_newmetatable(L, TETHER_BUFFER_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, buf_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, buf_free);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, buf_new);
+  lua_setfield(L, -2, "buffer");
+}

@@ -1,0 +1,448 @@
+/* process.c - spawn (clone with CLONE_VM|CLONE_VFORK|CLONE_PIDFD), pidfd-backed processes
+ * (tether.process), non-blocking reaping with wait4, and background reaping of processes
+ * whose Lua objects were collected without wait. Never waitpid(-1). */
+#include "tether.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+extern char **environ;
+
+/* ---- the process object ------------------------------------------------------------ */
+
+typedef struct {
+  pid_t pid;       /* -1 until spawned */
+  int pidfd;       /* -1 when none (old kernel, reaped or released) */
+  int reaped;      /* the status below is final */
+  int released;    /* handed to the background reaper */
+  int status;
+  struct rusage ru;
+} tproc;
+
+static tproc *check_proc(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TETHER_PROC_MT);
+}
+
+static tproc *new_proc(lua_State *L) {
+  tproc *p = lua_newuserdatauv(L, sizeof *p, 0);
+  memset(p, 0, sizeof *p);
+  p->pid = -1;
+  p->pidfd = -1;
+  luaL_setmetatable(L, TETHER_PROC_MT);
+  return p;
+}
+
+/* ---- background reaping ------------------------------------------------------------ */
+
+static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t *orphans;
+static size_t orphan_cap;
+static atomic_size_t orphan_count;
+
+static void orphan_add(pid_t pid) {
+  pthread_mutex_lock(&orphan_lock);
+  size_t n = atomic_load(&orphan_count);
+  if (n == orphan_cap) {
+    size_t cap = orphan_cap ? orphan_cap * 2 : 16;
+    pid_t *p = realloc(orphans, cap * sizeof *p);
+    if (!p) { pthread_mutex_unlock(&orphan_lock); return; } /* cannot track: left to init */
+    orphans = p;
+    orphan_cap = cap;
+  }
+  orphans[n] = pid;
+  atomic_store(&orphan_count, n + 1);
+  pthread_mutex_unlock(&orphan_lock);
+}
+
+void tether_reap_orphans(void) {
+  if (atomic_load_explicit(&orphan_count, memory_order_relaxed) == 0) return;
+  int saved = errno;
+  pthread_mutex_lock(&orphan_lock);
+  size_t n = atomic_load(&orphan_count);
+  for (size_t i = 0; i < n;) {
+    int st;
+    pid_t r = waitpid(orphans[i], &st, WNOHANG);
+    if (r == orphans[i] || (r < 0 && errno == ECHILD)) orphans[i] = orphans[--n];
+    else i++;
+  }
+  atomic_store(&orphan_count, n);
+  pthread_mutex_unlock(&orphan_lock);
+  errno = saved;
+}
+
+/* ---- spawn --------------------------------------------------------------------------- */
+
+enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
+            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC };
+static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
+                                          "close", "setgroups", "setgid", "setuid", "exec" };
+
+/* Everything the child needs, prepared by the parent: the child only reads it (and fds,
+ * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
+ * memory; CLONE_VFORK keeps the parent thread suspended until execve or _exit. */
+struct child_args {
+  const char *path;
+  char *const *argv;
+  char *const *envp;
+  const char *dir;
+  int *fds;              /* child fd i <- fds[i] (a parent fd) */
+  int nfds;
+  int max_src_fd;
+  pid_t pgid;            /* -1: keep; 0: own group; > 0: join that group */
+  int setsid;
+  int pdeathsig;         /* 0: none */
+  pid_t parent_pid;
+  int set_uid, set_gid, set_groups;
+  uid_t uid;
+  gid_t gid;
+  gid_t *groups;
+  int ngroups;
+  unsigned max_fd;       /* fallback bound when close_range is missing */
+  volatile int err;
+  volatile int step;
+};
+
+/* The child side. Only async-signal-safe calls; ids are set with raw syscalls so glibc
+ * does not try to broadcast them to the parent's threads (which share this memory). */
+static int child_main(void *arg) {
+  struct child_args *a = arg;
+  int step;
+
+  /* Every handled or ignored signal back to SIG_DFL: a handler of the parent must never
+   * run on this shared memory, and the child starts with default dispositions. */
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; s++) {
+    struct sigaction old;
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
+  }
+
+  if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
+  if (a->pgid >= 0 && setpgid(0, a->pgid) < 0) { step = STEP_SETPGID; goto fail; }
+  if (a->pdeathsig) {
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0) { step = STEP_PDEATHSIG; goto fail; }
+    if (getppid() != a->parent_pid) kill(getpid(), a->pdeathsig); /* the parent already died */
+  }
+  if (a->dir && chdir(a->dir) < 0) { step = STEP_CHDIR; goto fail; }
+
+  /* stdio and extra files. Pass 1 moves every source that a lower target would overwrite
+   * above all sources and targets; pass 2 dup2s in order. Swaps (1<->2) survive. */
+  int next = (a->max_src_fd + 1 > a->nfds) ? a->max_src_fd + 1 : a->nfds;
+  for (int i = 0; i < a->nfds; i++) {
+    if (a->fds[i] >= 0 && a->fds[i] < i) {
+      int nf = fcntl(a->fds[i], F_DUPFD_CLOEXEC, next);
+      if (nf < 0) { step = STEP_DUP2; goto fail; }
+      a->fds[i] = nf;
+      next = nf + 1;
+    }
+  }
+  for (int i = 0; i < a->nfds; i++) {
+    if (a->fds[i] < 0) {
+      close(i);
+    } else if (a->fds[i] == i) {
+      if (fcntl(i, F_SETFD, 0) < 0) { step = STEP_DUP2; goto fail; }
+    } else if (dup2(a->fds[i], i) < 0) {
+      step = STEP_DUP2; goto fail;
+    }
+  }
+  /* Nothing else is inherited, whatever the host left without O_CLOEXEC. */
+  if (syscall(SYS_close_range, (unsigned)a->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+    for (unsigned fd = (unsigned)a->nfds; fd < a->max_fd; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+  }
+
+  if (a->set_groups && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0) { step = STEP_SETGROUPS; goto fail; }
+  if (a->set_gid && syscall(SYS_setgid, a->gid) < 0) { step = STEP_SETGID; goto fail; }
+  if (a->set_uid && syscall(SYS_setuid, a->uid) < 0) { step = STEP_SETUID; goto fail; }
+
+  sigset_t empty;
+  sigemptyset(&empty);
+  sigprocmask(SIG_SETMASK, &empty, NULL);
+  execve(a->path, a->argv, a->envp);
+  step = STEP_EXEC;
+fail:
+  a->err = errno;
+  a->step = step;
+  _exit(127);
+}
+
+/* A NULL-terminated char* array from the list at t[field] (strings only), in memory
+ * owned by a userdata left on the stack. Raises naming the field on a bad element. */
+static char **string_list(lua_State *L, int t, const char *field, int *count) {
+  lua_getfield(L, t, field);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+  luaL_checktype(L, -1, LUA_TTABLE);
+  int list = lua_gettop(L);
+  int n = (int)lua_rawlen(L, list);
+  char **v = lua_newuserdatauv(L, sizeof *v * ((size_t)n + 1), 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, list, i + 1);
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    if (!s || lua_type(L, -1) != LUA_TSTRING || strlen(s) != len)
+      luaL_error(L, "spawn: %s[%d] must be a string without NUL", field, i + 1);
+    v[i] = (char *)s; /* kept alive by the list, which stays on the stack */
+    lua_pop(L, 1);
+  }
+  v[n] = NULL;
+  if (count) *count = n;
+  return v; /* stack: ..., list, userdata */
+}
+
+static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Integer def) {
+  lua_getfield(L, t, field);
+  lua_Integer v = lua_isnil(L, -1) ? def : lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* spawn(spec) -> process | nil, errno, step.
+ * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
+ * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
+ * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
+ * here a bad spec raises a plain error. An exec failure is reported synchronously. */
+static int proc_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  struct child_args a;
+  memset(&a, 0, sizeof a);
+  tether_reap_orphans();
+
+  lua_getfield(L, 1, "path");
+  size_t plen;
+  a.path = lua_tolstring(L, -1, &plen);
+  if (!a.path || strlen(a.path) != plen) return luaL_error(L, "spawn: path must be a string without NUL");
+  a.argv = string_list(L, 1, "argv", NULL);
+  if (!a.argv) return luaL_error(L, "spawn: argv is required");
+  a.envp = string_list(L, 1, "env", NULL);
+  lua_getfield(L, 1, "dir");
+  if (!lua_isnil(L, -1)) {
+    size_t dlen;
+    a.dir = lua_tolstring(L, -1, &dlen);
+    if (!a.dir || strlen(a.dir) != dlen) return luaL_error(L, "spawn: dir must be a string without NUL");
+  }
+
+  lua_getfield(L, 1, "fds");
+  luaL_checktype(L, -1, LUA_TTABLE);
+  int fdlist = lua_gettop(L);
+  a.nfds = (int)lua_rawlen(L, fdlist);
+  a.fds = lua_newuserdatauv(L, sizeof(int) * ((size_t)a.nfds + 1), 0);
+  a.max_src_fd = -1;
+  for (int i = 0; i < a.nfds; i++) {
+    lua_rawgeti(L, fdlist, i + 1);
+    a.fds[i] = lua_isnil(L, -1) ? -1 : tether_checkfd(L, -1);
+    if (a.fds[i] > a.max_src_fd) a.max_src_fd = a.fds[i];
+    lua_pop(L, 1);
+  }
+
+  a.pgid = (pid_t)opt_int_field(L, 1, "pgid", -1);
+  lua_getfield(L, 1, "setsid");
+  a.setsid = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0);
+  lua_Integer uid = opt_int_field(L, 1, "uid", -1), gid = opt_int_field(L, 1, "gid", -1);
+  if (uid >= 0) { a.set_uid = 1; a.uid = (uid_t)uid; }
+  if (gid >= 0) { a.set_gid = 1; a.gid = (gid_t)gid; }
+  lua_getfield(L, 1, "groups");
+  if (!lua_isnil(L, -1)) {
+    int g = lua_gettop(L);
+    a.set_groups = 1;
+    a.ngroups = (int)lua_rawlen(L, g);
+    a.groups = lua_newuserdatauv(L, sizeof(gid_t) * ((size_t)a.ngroups + 1), 0);
+    for (int i = 0; i < a.ngroups; i++) {
+      lua_rawgeti(L, g, i + 1);
+      a.groups[i] = (gid_t)lua_tointeger(L, -1);
+      lua_pop(L, 1);
+    }
+  }
+  struct rlimit rl;
+  a.max_fd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536) ? (unsigned)rl.rlim_cur : 65536;
+  a.parent_pid = getpid();
+
+  /* The object exists before the child does: no Lua error can strand a child. */
+  tproc *p = new_proc(L);
+
+  /* The child runs on this buffer while this thread is suspended (as musl does). */
+  static const size_t stack_size = 32768;
+  char *stack = lua_newuserdatauv(L, stack_size + 64, 0);
+  char *top = (char *)(((uintptr_t)(stack + stack_size)) & ~(uintptr_t)63);
+
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int inherit_env = a.envp == NULL;
+  if (inherit_env) { tether_env_lock(); a.envp = environ; }
+
+  int pidfd = -1;
+  pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &a, &pidfd);
+  if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
+    pidfd = -1;
+    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
+  }
+  int clone_err = errno;
+
+  if (inherit_env) tether_env_unlock();
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+  if (pid < 0) {
+    lua_pushnil(L);
+    lua_pushinteger(L, clone_err);
+    lua_pushliteral(L, "clone");
+    return 3;
+  }
+  if (a.err) { /* the child reported a failure and exited: reap it now */
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (pidfd >= 0) close(pidfd);
+    lua_pushnil(L);
+    lua_pushinteger(L, a.err);
+    lua_pushstring(L, step_names[a.step]);
+    return 3;
+  }
+  p->pid = pid;
+  p->pidfd = pidfd;
+  lua_pushvalue(L, -2); /* the process */
+  return 1;
+}
+
+/* ---- methods --------------------------------------------------------------------------- */
+
+static void push_state(lua_State *L, tproc *p) {
+  lua_createtable(L, 0, 10);
+  lua_pushinteger(L, p->pid); lua_setfield(L, -2, "pid");
+  lua_pushinteger(L, p->status); lua_setfield(L, -2, "status");
+  lua_pushboolean(L, WIFEXITED(p->status)); lua_setfield(L, -2, "exited");
+  lua_pushinteger(L, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
+  lua_setfield(L, -2, "code");
+  if (WIFSIGNALED(p->status)) {
+    lua_pushinteger(L, WTERMSIG(p->status)); lua_setfield(L, -2, "signal");
+    lua_pushboolean(L, WCOREDUMP(p->status)); lua_setfield(L, -2, "core_dumped");
+  }
+  lua_pushnumber(L, (double)p->ru.ru_utime.tv_sec + (double)p->ru.ru_utime.tv_usec * 1e-6);
+  lua_setfield(L, -2, "utime");
+  lua_pushnumber(L, (double)p->ru.ru_stime.tv_sec + (double)p->ru.ru_stime.tv_usec * 1e-6);
+  lua_setfield(L, -2, "stime");
+  lua_pushinteger(L, p->ru.ru_maxrss);
+  lua_setfield(L, -2, "maxrss");
+}
+
+static void drop_pidfd(tproc *p) {
+  if (p->pidfd >= 0) { close(p->pidfd); p->pidfd = -1; }
+}
+
+/* proc:try_wait() -> state table once the process has exited (reaping it with wait4),
+ * false while it runs, or nil, errno (ECHILD when it is not our child or was released). */
+static int proc_try_wait(lua_State *L) {
+  tproc *p = check_proc(L, 1);
+  if (p->reaped) { push_state(L, p); return 1; }
+  if (p->released || p->pid < 0) return tether_fail(L, ECHILD);
+  int st;
+  pid_t r;
+  do r = wait4(p->pid, &st, WNOHANG, &p->ru); while (r < 0 && errno == EINTR);
+  if (r == 0) { lua_pushboolean(L, 0); return 1; }
+  if (r < 0) return tether_fail(L, errno);
+  p->status = st;
+  p->reaped = 1;
+  drop_pidfd(p);
+  push_state(L, p);
+  return 1;
+}
+
+/* proc:signal(signum) -> true | nil, errno (ESRCH once the process is done).
+ * Goes through the pidfd, so a recycled pid is never signalled. */
+static int proc_signal(lua_State *L) {
+  tproc *p = check_proc(L, 1);
+  int sig = (int)luaL_checkinteger(L, 2);
+  if (p->reaped || p->released || p->pid < 0) return tether_fail(L, ESRCH);
+  int r = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0)
+                        : kill(p->pid, sig); /* unreaped: the pid cannot be recycled */
+  if (r < 0) return tether_fail(L, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* proc:pid() -> pid; proc:pidfd() -> fd to poll for exit, or -1; proc:done() -> reaped? */
+static int proc_pid(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pid); return 1; }
+static int proc_pidfd(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pidfd); return 1; }
+
+/* proc:release(): gives up the process; if it still runs it is reaped in the background
+ * at a later tether call. Also __gc. */
+static int proc_release(lua_State *L) {
+  tproc *p = check_proc(L, 1);
+  if (!p->reaped && !p->released && p->pid > 0) {
+    int st;
+    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    if (r == 0) orphan_add(p->pid);
+  }
+  p->released = 1;
+  drop_pidfd(p);
+  return 0;
+}
+
+/* find_process(pid) -> process backed by pidfd_open | nil, errno (ESRCH when there is none). */
+static int proc_find(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, pid > 0, 1, "pid must be positive");
+  tproc *p = new_proc(L);
+  int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  if (fd < 0 && errno != ENOSYS) return tether_fail(L, errno);
+  p->pid = (pid_t)pid;
+  p->pidfd = fd;
+  return 1;
+}
+
+/* kill(pid, signum) -> true | nil, errno. For process groups (pid < 0). */
+static int proc_kill(lua_State *L) {
+  pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+  int sig = (int)luaL_checkinteger(L, 2);
+  if (kill(pid, sig) < 0) return tether_fail(L, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int proc_tostring(lua_State *L) {
+  tproc *p = check_proc(L, 1);
+  lua_pushfstring(L, "tether.process (%d%s)", (int)p->pid, p->reaped ? ", done" : "");
+  return 1;
+}
+
+static const luaL_Reg proc_methods[] = {
+  {"try_wait", proc_try_wait}, {"signal", proc_signal}, {"pid", proc_pid},
+  {"pidfd", proc_pidfd}, {"release", proc_release}, {NULL, NULL},
+};
+
+static const luaL_Reg proc_funcs[] = {
+  {"spawn", proc_spawn}, {"find_process", proc_find}, {"kill", proc_kill}, {NULL, NULL},
+};
+
+void tether_open_process(lua_State *L) {
+  luaL_newmetatable(L, TETHER_PROC_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, proc_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, proc_release);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, proc_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, proc_funcs, 0);
+}
