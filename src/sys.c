@@ -9,6 +9,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -147,6 +149,33 @@ static int sys_errname(lua_State *L) {
   return 1;
 }
 
+/* strsignal(signum) -> "killed", "terminated", ... (Go's lower-case style). */
+static int sys_strsignal(lua_State *L) {
+  int sig = (int)luaL_checkinteger(L, 1);
+  const char *d = sigdescr_np(sig);
+  if (!d) { lua_pushfstring(L, "signal %d", sig); return 1; }
+  char buf[64];
+  size_t n = strlen(d);
+  if (n >= sizeof buf) n = sizeof buf - 1;
+  memcpy(buf, d, n);
+  buf[n] = 0;
+  if (buf[0] >= 'A' && buf[0] <= 'Z' && buf[1] >= 'a' && buf[1] <= 'z') buf[0] += 'a' - 'A';
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+/* find_executable(path) -> true | nil, errno: a regular file this process may execute
+ * (EACCES for a directory or a file without execute permission). */
+static int sys_find_executable(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) < 0) return tether_fail(L, errno);
+  if (S_ISDIR(st.st_mode)) return tether_fail(L, EACCES);
+  if (faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) < 0) return tether_fail(L, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static const struct { const char *name; int num; } signals[] = {
   {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT}, {"SIGILL", SIGILL},
   {"SIGTRAP", SIGTRAP}, {"SIGABRT", SIGABRT}, {"SIGBUS", SIGBUS}, {"SIGFPE", SIGFPE},
@@ -162,7 +191,8 @@ static const luaL_Reg sys_funcs[] = {
   {"now", sys_now}, {"poll", sys_poll}, {"poll_many", sys_poll_many},
   {"sleep_until", sys_sleep_until}, {"pid", sys_pid}, {"ppid", sys_ppid},
   {"executable", sys_executable}, {"threads", sys_threads},
-  {"strerror", sys_strerror}, {"errname", sys_errname}, {NULL, NULL},
+  {"strerror", sys_strerror}, {"errname", sys_errname}, {"strsignal", sys_strsignal},
+  {"find_executable", sys_find_executable}, {NULL, NULL},
 };
 
 void tether_open_sys(lua_State *L) {

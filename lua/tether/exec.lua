@@ -1,0 +1,829 @@
+--- tether.exec: run external commands, shaped like Go's os/exec.
+--
+-- exec.command(name, ...) builds a Cmd; fields set before start say what the
+-- child gets; start/wait/run/output/combined_output run it. The C core spawns
+-- with clone(CLONE_VM|CLONE_VFORK) and reports exec failures synchronously;
+-- every child is backed by a pidfd and reaped with wait4. All waiting goes
+-- through tether's waiter (see tether.set_waiter).
+local core = require "tether.core"
+local errors = require "tether.errors"
+local wait = require "tether.wait"
+
+local type, tostring, pairs, ipairs, setmetatable, error, select =
+  type, tostring, pairs, ipairs, setmetatable, error, select
+local concat, sort, insert = table.concat, table.sort, table.insert
+local find = string.find
+
+local E = core.errno
+local SIG = core.signals
+
+local exec = {}
+
+-- Bytes of stderr kept for ExitError.stderr when output() captures it (Go keeps 32 KiB).
+local STDERR_KEEP = 32768
+local CHUNK = 65536
+local PIPE_SIZE = 1048576
+
+---------------------------------------------------------------------------
+-- helpers
+
+local function argerror(n, fname, msg)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+end
+
+local function has_nul(s) return find(s, "\0", 1, true) ~= nil end
+
+local function state_error(msg)
+  return errors.new { msg = msg }
+end
+
+-- signum(sig, what) -> signal number for "TERM", "SIGTERM" or 15; raises naming `what`.
+local function signum(sig, what)
+  if type(sig) == "number" then
+    if sig ~= math.floor(sig) or sig < 0 or sig > 64 then
+      error(what .. ": invalid signal number " .. tostring(sig), 3)
+    end
+    return sig
+  end
+  if type(sig) ~= "string" then error(what .. ": signal name or number expected", 3) end
+  local name = sig:upper()
+  if name:sub(1, 3) ~= "SIG" then name = "SIG" .. name end
+  local n = SIG[name]
+  if not n then error(what .. ": unknown signal " .. ("%q"):format(sig), 3) end
+  return n
+end
+exec._signum = signum
+
+-- A value tether can pass to a child as an fd: integer, Lua file, tether fd.
+local function is_file(v) return io.type(v) == "file" end
+local function is_tfd(v) return type(v) == "userdata" and tostring(v):sub(1, 9) == "tether.fd" end
+local function is_buffer(v) return type(v) == "userdata" and tostring(v):sub(1, 13) == "tether.buffer" end
+
+local null_fd -- one /dev/null for every child, opened on first use (O_CLOEXEC)
+local function devnull()
+  if not null_fd then
+    local fd, errno = core.open_null()
+    if not fd then return nil, errno end
+    null_fd = fd
+  end
+  return null_fd
+end
+
+---------------------------------------------------------------------------
+-- look_path
+
+--- look_path(name) -> path | nil, err.
+-- A name with a slash is checked as is. Otherwise each $PATH entry is tried
+-- (an empty entry means "."). Not found: err:is(errors.ErrNotFound). A match
+-- through a relative entry is refused with err:is(errors.ErrDot) and
+-- err.resolved holding the path (as Go 1.19+).
+function exec.look_path(name)
+  if type(name) ~= "string" then argerror(1, "look_path", "string expected, got " .. type(name)) end
+  if has_nul(name) then argerror(1, "look_path", "name contains NUL") end
+  if find(name, "/", 1, true) then
+    local ok, errno = core.find_executable(name)
+    if ok then return name end
+    return nil, errors.new { op = "exec", path = name, err = errors.from_errno(nil, nil, errno), step = "lookup" }
+  end
+  if name ~= "" then
+    local path = require("tether.core").env_get("PATH") or ""
+    for dir in (path .. ":"):gmatch("([^:]*):") do
+      if dir == "" then dir = "." end
+      local candidate = dir .. "/" .. name
+      if core.find_executable(candidate) then
+        if dir:sub(1, 1) ~= "/" then
+          local err = errors.new { op = "exec", path = name, err = errors.ErrDot, step = "lookup" }
+          err.resolved = candidate
+          return nil, err
+        end
+        return candidate
+      end
+    end
+  end
+  return nil, errors.new { op = "exec", path = name, err = errors.ErrNotFound, step = "lookup" }
+end
+
+---------------------------------------------------------------------------
+-- ProcessState
+
+local ProcessState = {}
+ProcessState.__index = ProcessState
+ProcessState.__name = "tether.ProcessState"
+
+local function new_state(t) return setmetatable({ _s = t }, ProcessState) end
+
+--- state:exit_code() -> the exit code, or -1 when the process was killed by a signal.
+function ProcessState:exit_code() return self._s.code end
+--- state:success() -> true when the process exited with code 0.
+function ProcessState:success() return self._s.exited and self._s.code == 0 end
+--- state:exited() -> true when the process exited (was not killed by a signal).
+function ProcessState:exited() return self._s.exited end
+--- state:signaled() -> true when a signal ended the process.
+function ProcessState:signaled() return self._s.signal ~= nil end
+--- state:signal() -> the name of the signal that ended it ("SIGKILL"), or nil.
+function ProcessState:signal() local s = self._s.signal; return s and (SIG[s] or ("SIG" .. s)) or nil end
+--- state:core_dumped() -> true when it dumped core.
+function ProcessState:core_dumped() return self._s.core_dumped == true end
+--- state:pid() -> the process id it had.
+function ProcessState:pid() return self._s.pid end
+--- state:user_time(), state:system_time() -> CPU seconds (wait4 rusage).
+function ProcessState:user_time() return self._s.utime end
+function ProcessState:system_time() return self._s.stime end
+--- state:max_rss() -> peak resident set size in KiB.
+function ProcessState:max_rss() return self._s.maxrss end
+--- state:sys() -> the raw wait status.
+function ProcessState:sys() return self._s.status end
+
+function ProcessState:__tostring()
+  local s = self._s
+  if s.signal then
+    return "signal: " .. core.strsignal(s.signal) .. (s.core_dumped and " (core dumped)" or "")
+  end
+  return "exit status " .. tostring(s.code)
+end
+
+---------------------------------------------------------------------------
+-- Process
+
+local Process = {}
+Process.__index = Process
+Process.__name = "tether.Process"
+
+local function new_process(p)
+  return setmetatable({ pid = p:pid(), _p = p }, Process)
+end
+
+local function done_or(errno, op, pid)
+  if errno == E.ESRCH then return errors.ErrProcessDone end
+  return errors.from_errno(op, tostring(pid), errno)
+end
+
+--- process:signal(sig) -> true | nil, err. sig: "TERM", "SIGTERM" or a number.
+-- Once the process has finished: nil, errors.ErrProcessDone.
+function Process:signal(sig)
+  local n = signum(sig, "signal")
+  local ok, errno = self._p:signal(n)
+  if ok then return true end
+  return nil, done_or(errno, "signal", self.pid)
+end
+
+--- process:kill() -> true | nil, err: sends SIGKILL.
+function Process:kill() return self:signal(SIG.SIGKILL) end
+
+--- process:signal_group(sig) -> true | nil, err: signals the process group whose
+-- id is this process's pid (a child started with setpgid = true).
+function Process:signal_group(sig)
+  local n = signum(sig, "signal_group")
+  local ok, errno = core.kill(-self.pid, n)
+  if ok then return true end
+  return nil, done_or(errno, "signal_group", self.pid)
+end
+
+--- process:try_wait() -> ProcessState once exited | false while running | nil, err.
+function Process:try_wait()
+  if self._state then return self._state end
+  local st, errno = self._p:try_wait()
+  if st then self._state = new_state(st); return self._state end
+  if st == false then return false end
+  return nil, errors.from_errno("wait", tostring(self.pid), errno)
+end
+
+--- process:wait([timeout]) -> ProcessState | nil, err. Waits for the process to
+-- exit and reaps it. With a timeout that runs out: nil, err:is(errors.ErrTimeout);
+-- the process is left running and a later wait still returns its status.
+function Process:wait(timeout)
+  local deadline = wait.deadline(timeout)
+  local backoff = 0.001
+  while true do
+    local st, err = self:try_wait()
+    if st then return st end
+    if st == nil then return nil, err end
+    local fd = self._p:pidfd()
+    if fd >= 0 then
+      if not wait.wait(fd, "r", deadline) then
+        return nil, errors.from_errno("wait", tostring(self.pid), E.ETIMEDOUT)
+      end
+    else -- no pidfd (old kernel): poll with backoff
+      if deadline and core.now() >= deadline then
+        return nil, errors.from_errno("wait", tostring(self.pid), E.ETIMEDOUT)
+      end
+      require("tether").sleep(backoff)
+      backoff = math.min(backoff * 2, 0.05)
+    end
+  end
+end
+
+--- process:release(): gives the process up; it is reaped in the background.
+function Process:release() self._p:release() end
+
+--- process:pollfd() -> the pidfd (readable once the process exited); events() -> "r"; timeout() -> nil.
+function Process:pollfd() return self._p:pidfd() end
+function Process:events() return "r" end
+function Process:timeout() return nil end
+
+function Process:__tostring() return "tether.Process(" .. tostring(self.pid) .. ")" end
+
+--- find_process(pid) -> Process | nil, err. Backed by a pidfd, so a later
+-- signal never reaches a recycled pid; wait works for this process's children.
+function exec.find_process(pid)
+  if type(pid) ~= "number" or pid <= 0 or pid ~= math.floor(pid) then
+    argerror(1, "find_process", "positive integer pid expected")
+  end
+  local p, errno = core.find_process(pid)
+  if not p then return nil, done_or(errno, "find_process", pid) end
+  return new_process(p)
+end
+
+---------------------------------------------------------------------------
+-- Reader and Writer (the parent's ends of pipes)
+
+local Reader = {}
+Reader.__index = Reader
+Reader.__name = "tether.Reader"
+
+local Writer = {}
+Writer.__index = Writer
+Writer.__name = "tether.Writer"
+
+local function io_error(op, errno) return errors.from_errno(op, nil, errno) end
+
+local function closed_error() return errors.new { op = "read", msg = "read: file already closed" } end
+
+-- Reads one chunk into self._pending (non-empty) or marks EOF; false at the deadline.
+local function fill(self, deadline)
+  while true do
+    local fd = self._fd
+    if not fd then return nil, closed_error() end
+    local data, errno = fd:read(CHUNK)
+    if data == "" then self._eof = true; return true end
+    if data then
+      self._pending = self._pending and self._pending .. data or data
+      return true
+    end
+    if data == nil then return nil, io_error("read", errno) end
+    if not wait.wait(fd:getfd(), "r", deadline) then return false end
+  end
+end
+
+--- reader:read([fmt [, timeout]]) -> data | nil at end of file | nil, err.
+-- fmt: a number n (up to n bytes, as soon as any are available), "a" (all
+-- until EOF, "" at EOF), "l" (a line without its newline), "L" (with it).
+-- Default "l". With a timeout that runs out: nil, err:is(errors.ErrTimeout).
+function Reader:read(fmt, timeout)
+  fmt = fmt or "l"
+  if type(fmt) == "string" then fmt = fmt:gsub("^%*", ""):sub(1, 1) end
+  local deadline = wait.deadline(timeout)
+  while true do
+    local p = self._pending
+    if fmt == "a" then
+      if self._eof then self._pending = nil; return p or "" end
+    elseif type(fmt) == "number" then
+      if fmt <= 0 then return "" end
+      if p then
+        if #p <= fmt then self._pending = nil; return p end
+        self._pending = p:sub(fmt + 1)
+        return p:sub(1, fmt)
+      end
+      if self._eof then return nil end
+    elseif fmt == "l" or fmt == "L" then
+      local nl = p and find(p, "\n", 1, true)
+      if nl then
+        self._pending = nl < #p and p:sub(nl + 1) or nil
+        return p:sub(1, fmt == "l" and nl - 1 or nl)
+      end
+      if self._eof then self._pending = nil; return p end
+    else
+      error("bad argument #1 to 'read' (invalid format)", 2)
+    end
+    local ok, err = fill(self, deadline)
+    if ok == nil then return nil, err end
+    if ok == false then return nil, errors.from_errno("read", nil, E.ETIMEDOUT) end
+  end
+end
+
+--- reader:lines([fmt]) -> iterator over lines (without newlines); stops at EOF, raises on error.
+function Reader:lines(fmt)
+  return function()
+    local l, err = self:read(fmt or "l")
+    if err then error(tostring(err), 2) end
+    return l
+  end
+end
+
+--- reader:close() -> true. Further reads fail; the child may get SIGPIPE/EPIPE on write.
+function Reader:close()
+  if self._fd then self._fd:close(); self._fd = nil end
+  return true
+end
+
+--- reader:pollfd(), events() -> "r", timeout() -> nil: the cqueues pollable protocol.
+function Reader:pollfd() return self._fd and self._fd:getfd() or -1 end
+function Reader:events() return "r" end
+function Reader:timeout() return nil end
+Reader.__gc = Reader.close
+Reader.__close = Reader.close
+
+--- writer:write(...) -> true | nil, err. Writes every string argument fully,
+-- waiting while the pipe is full. EPIPE (the reader is gone) is returned as an
+-- error; the Lua process is never killed by SIGPIPE.
+function Writer:write(...)
+  for i = 1, select("#", ...) do
+    local s = select(i, ...)
+    if type(s) == "number" then s = tostring(s) end
+    if type(s) ~= "string" then error("bad argument #" .. i .. " to 'write' (string expected)", 2) end
+    local pos = 1
+    while pos <= #s do
+      local fd = self._fd
+      if not fd then return nil, errors.new { op = "write", msg = "write: file already closed" } end
+      local n, errno = fd:write(s, pos)
+      if n then pos = pos + n
+      elseif n == false then wait.wait(fd:getfd(), "w", nil)
+      else return nil, io_error("write", errno) end
+    end
+  end
+  return true
+end
+
+--- writer:close() -> true: the child reads EOF.
+function Writer:close()
+  if self._fd then self._fd:close(); self._fd = nil end
+  return true
+end
+function Writer:pollfd() return self._fd and self._fd:getfd() or -1 end
+function Writer:events() return "w" end
+function Writer:timeout() return nil end
+Writer.__gc = Writer.close
+Writer.__close = Writer.close
+
+local function new_reader(fd) return setmetatable({ _fd = fd }, Reader) end
+local function new_writer(fd) return setmetatable({ _fd = fd }, Writer) end
+
+---------------------------------------------------------------------------
+-- Cmd
+
+local Cmd = {}
+Cmd.__index = Cmd
+Cmd.__name = "tether.Cmd"
+
+--- command(name, ...) -> Cmd. Never fails: a name without a slash is resolved
+-- with look_path now, and a failure waits in cmd.err for start() to return.
+-- cmd.args[1] is name (argv[0]); cmd.path the resolved program.
+function exec.command(name, ...)
+  if type(name) ~= "string" then argerror(1, "command", "string expected, got " .. type(name)) end
+  if has_nul(name) then argerror(1, "command", "name contains NUL") end
+  local args = { name }
+  for i = 1, select("#", ...) do
+    local a = select(i, ...)
+    if type(a) == "number" then a = tostring(a) end
+    if type(a) ~= "string" then argerror(i + 1, "command", "string expected, got " .. type(a)) end
+    if has_nul(a) then argerror(i + 1, "command", "argument contains NUL") end
+    args[i + 1] = a
+  end
+  local cmd = setmetatable({ path = name, args = args }, Cmd)
+  if not find(name, "/", 1, true) then
+    local path, err = exec.look_path(name)
+    if path then cmd.path = path
+    else
+      cmd.err = err
+      if err.resolved then cmd.path = err.resolved end
+    end
+  end
+  return cmd
+end
+
+-- env_list(env) -> list of "K=V" (map sorted by key; duplicate keys: last wins), or nil.
+local function env_list(env)
+  if env == nil then return nil end
+  if type(env) ~= "table" then error("exec: cmd.env must be a table or nil", 4) end
+  local out, index = {}, {}
+  local function add(k, v, where)
+    if type(k) ~= "string" or type(v) ~= "string" then
+      error("exec: " .. where .. " must be a string", 5)
+    end
+    if k == "" or find(k, "=", 1, true) then error("exec: " .. where .. " has an invalid key " .. ("%q"):format(k), 5) end
+    if has_nul(k) then error("exec: " .. where .. " key contains NUL", 5) end
+    if has_nul(v) then error("exec: " .. where .. " value contains NUL", 5) end
+    local kv = k .. "=" .. v
+    if index[k] then out[index[k]] = kv else out[#out + 1] = kv; index[k] = #out end
+  end
+  local n = #env
+  if n > 0 then
+    for i = 1, n do
+      local e = env[i]
+      if type(e) ~= "string" then error(("exec: cmd.env[%d] must be a string"):format(i), 4) end
+      local eq = find(e, "=", 2, true)
+      if not eq then
+        if has_nul(e) then error(("exec: cmd.env[%d] key contains NUL"):format(i), 4) end
+        error(("exec: cmd.env[%d] %q has no '='"):format(i, e), 4)
+      end
+      add(e:sub(1, eq - 1), e:sub(eq + 1), ("cmd.env[%d]"):format(i))
+    end
+  else
+    local keys = {}
+    for k in pairs(env) do
+      if type(k) ~= "string" then error("exec: cmd.env keys must be strings", 4) end
+      keys[#keys + 1] = k
+    end
+    sort(keys)
+    for _, k in ipairs(keys) do add(k, env[k], ("cmd.env[%q]"):format(k)) end
+  end
+  return out
+end
+
+--- cmd:environ() -> the environment the child gets, as a list {"K=V", ...}.
+function Cmd:environ()
+  local l = env_list(self.env)
+  if l then return l end
+  return core.env_list()
+end
+
+function Cmd:__tostring()
+  local parts = { self.path }
+  for i = 2, #(self.args or {}) do parts[#parts + 1] = self.args[i] end
+  return concat(parts, " ")
+end
+
+-- Validates every field before any process is created; raises naming the field.
+local function validate(self)
+  if type(self.path) ~= "string" then error("exec: cmd.path must be a string", 3) end
+  if has_nul(self.path) then error("exec: cmd.path contains NUL", 3) end
+  if type(self.args) ~= "table" or #self.args == 0 then error("exec: cmd.args must be a non-empty list", 3) end
+  for i, a in ipairs(self.args) do
+    if type(a) ~= "string" then error(("exec: cmd.args[%d] must be a string"):format(i), 3) end
+    if has_nul(a) then error(("exec: cmd.args[%d] contains NUL"):format(i), 3) end
+  end
+  if self.dir ~= nil then
+    if type(self.dir) ~= "string" then error("exec: cmd.dir must be a string", 3) end
+    if has_nul(self.dir) then error("exec: cmd.dir contains NUL", 3) end
+  end
+  local env = env_list(self.env)
+  local pgid
+  if self.setpgid == true then pgid = 0
+  elseif type(self.setpgid) == "number" then pgid = self.setpgid
+  elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
+  local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
+  for _, f in ipairs { "uid", "gid" } do
+    local v = self[f]
+    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= math.floor(v)) then
+      error("exec: cmd." .. f .. " must be a non-negative integer", 3)
+    end
+  end
+  if self.groups ~= nil and type(self.groups) ~= "table" then error("exec: cmd.groups must be a list", 3) end
+  if self.extra_files ~= nil and type(self.extra_files) ~= "table" then error("exec: cmd.extra_files must be a list", 3) end
+  if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
+    error("exec: cmd.max_output must be a number of bytes", 3)
+  end
+  return env, pgid, pdeathsig
+end
+
+-- A started command keeps its I/O tasks: each is {fd=, kind=, ...} serviced by wait().
+--   kind "feed":  write task.data to fd, then close (a string given as stdin)
+--   kind "sink":  read fd into task.sink (a function, a table or a tether buffer) until EOF
+
+-- Resolves one stdio field to the fd the child gets. Returns child_fd, and adds to
+-- `close_after` fds to close in the parent after the spawn and to `tasks` I/O work.
+local function stdio_fd(self, i, v, close_after, tasks, shared)
+  local name = ({ "stdin", "stdout", "stderr" })[i]
+  if v == nil or v == "null" then
+    local fd, errno = devnull()
+    if not fd then return nil, errors.from_errno("open", "/dev/null", errno) end
+    return fd
+  end
+  if v == "inherit" then return i - 1 end
+  if type(v) == "number" then
+    if v < 0 or v ~= math.floor(v) then error("exec: cmd." .. name .. " is not a valid fd", 4) end
+    return v
+  end
+  if is_file(v) or is_tfd(v) then return core.fileno(v) end
+  if getmetatable(v) == Reader or getmetatable(v) == Writer then
+    if not v._fd then error("exec: cmd." .. name .. " is a closed pipe", 4) end
+    return v._fd
+  end
+  if i == 1 then
+    if type(v) ~= "string" then
+      error("exec: cmd.stdin must be nil, \"null\", \"inherit\", a string, a file or an fd", 4)
+    end
+    local r, w = core.pipe()
+    if not r then return nil, errors.from_errno("pipe", nil, w) end
+    w:set_nonblock(true)
+    close_after[#close_after + 1] = r
+    tasks[#tasks + 1] = { fd = w, kind = "feed", data = v, pos = 1, ev = "w" }
+    return r
+  end
+  if type(v) ~= "function" and type(v) ~= "table" and not is_buffer(v) then
+    error("exec: cmd." .. name .. " must be nil, \"null\", \"inherit\", a function, a table, a file or an fd", 4)
+  end
+  if shared[v] then return shared[v] end -- stdout and stderr to one sink share one pipe
+  local r, w = core.pipe()
+  if not r then return nil, errors.from_errno("pipe", nil, w) end
+  r:set_nonblock(true)
+  r:set_pipe_size(PIPE_SIZE)
+  close_after[#close_after + 1] = w
+  tasks[#tasks + 1] = { fd = r, kind = "sink", sink = v, ev = "r" }
+  shared[v] = w
+  return w
+end
+
+local function close_all(list)
+  for _, fd in ipairs(list) do fd:close() end
+end
+
+--- cmd:start() -> true | nil, err. Starts the command without waiting for it.
+-- A failure says which step failed in err.step ("lookup", "chdir", "dup2",
+-- "setgid", "setuid", "exec", ...), with err.errno and err.code; no process
+-- is left behind. State errors: "exec: already started".
+function Cmd:start()
+  if self._started then return nil, state_error("exec: already started") end
+  local env, pgid, pdeathsig = validate(self)
+  if self.err then return nil, self.err end
+  self._started = true
+  local close_after, tasks, shared = {}, {}, {}
+  local fds = {}
+  local stdio = { self.stdin, self.stdout, self.stderr }
+  for i = 1, 3 do
+    local fd, err = stdio_fd(self, i, stdio[i], close_after, tasks, shared)
+    if not fd then
+      close_all(close_after); for _, t in ipairs(tasks) do t.fd:close() end
+      return nil, err
+    end
+    fds[i] = fd
+  end
+  -- Parent ends handed out by stdin_pipe/stdout_pipe/stderr_pipe: the child ends go.
+  for _, fd in ipairs(self._child_ends or {}) do close_after[#close_after + 1] = fd end
+  for i, f in ipairs(self.extra_files or {}) do
+    if type(f) == "number" or is_file(f) or is_tfd(f) then fds[3 + i] = f
+    elseif getmetatable(f) == Reader or getmetatable(f) == Writer then fds[3 + i] = f._fd
+    else error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 2) end
+  end
+  local p, errno, step = core.spawn {
+    path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
+    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig,
+    uid = self.uid, gid = self.gid, groups = self.groups,
+  }
+  close_all(close_after)
+  self._child_ends = nil
+  if not p then
+    for _, t in ipairs(tasks) do t.fd:close() end
+    self:_close_pipes()
+    local op, path = "fork/exec", self.path
+    if step == "chdir" then op, path = "chdir", self.dir
+    elseif step ~= "exec" then op = step end
+    return nil, errors.from_errno(op, path, errno, step)
+  end
+  self.process = new_process(p)
+  self._tasks = tasks
+  return true
+end
+
+-- Parent ends of pipes handed out by *_pipe(): closed by wait (as Go does).
+function Cmd:_close_pipes()
+  for _, pipe in ipairs(self._pipes or {}) do pipe:close() end
+  self._pipes = nil
+end
+
+-- Services one I/O task without blocking; returns true when the task is finished.
+local function service(task)
+  local fd = task.fd
+  if task.kind == "feed" then
+    local data = task.data
+    while task.pos <= #data do
+      local n, errno = fd:write(data, task.pos)
+      if n == false then return false end
+      if n == nil then
+        -- The child stopped reading: like Go, a closed stdin is not an error of the command.
+        if errno ~= E.EPIPE then task.err = io_error("write", errno) end
+        break
+      end
+      task.pos = task.pos + n
+    end
+    fd:close()
+    return true
+  end
+  local sink = task.sink
+  for _ = 1, 16 do -- bounded, so one busy stream cannot starve the others
+    if is_buffer(sink) then
+      local n, errno = sink:read_from(fd, CHUNK)
+      if n == 0 then fd:close(); return true end
+      if n == false then return false end
+      if n == nil then task.err = io_error("read", errno); fd:close(); return true end
+    else
+      local data, errno = fd:read(CHUNK)
+      if data == "" then fd:close(); return true end
+      if data == false then return false end
+      if data == nil then task.err = io_error("read", errno); fd:close(); return true end
+      if type(sink) == "function" then sink(data) else sink[#sink + 1] = data end
+    end
+  end
+  return false
+end
+
+local function exit_error(state)
+  local err = errors.new { msg = tostring(state) }
+  err.exit_code = state:exit_code()
+  err.signal = state:signal()
+  err.state = state
+  return err
+end
+
+-- drive(cmds, deadline) -> true | nil, err: services the I/O tasks of every cmd and
+-- reaps every process, until all processes exited and all I/O reached its end. One loop
+-- for all, so a pipeline's stages never wait on each other through Lua.
+local function drive(cmds, deadline)
+  local list = {}
+  while true do
+    local n = 0
+    for _, c in ipairs(cmds) do
+      local live = 0
+      for _, t in ipairs(c._tasks) do
+        if not t.done then
+          if service(t) then t.done = true
+          else
+            live = live + 1
+            list[n + 1], list[n + 2] = t.fd:getfd(), t.ev
+            n = n + 2
+          end
+        end
+      end
+      if not c._state then
+        local st, err = c.process:try_wait()
+        if st == nil then return nil, err end
+        if st then c._state = st
+        else
+          local pidfd = c.process._p:pidfd()
+          if pidfd >= 0 then list[n + 1], list[n + 2] = pidfd, "r"; n = n + 2
+          else list.nopidfd = true end
+        end
+      end
+    end
+    if n == 0 and not list.nopidfd then return true end
+    for j = #list, n + 1, -1 do list[j] = nil end
+    local d = deadline
+    if list.nopidfd then -- no pidfd (old kernel): look at the process again soon
+      list.nopidfd = nil
+      local soon = core.now() + 0.005
+      if not d or soon < d then d = soon end
+    end
+    local ready = false
+    if n > 0 then ready = wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
+    if ready == false and deadline and core.now() >= deadline then
+      return nil, errors.from_errno("wait", nil, E.ETIMEDOUT)
+    end
+  end
+end
+
+-- Ends a wait: closes pipes, records the state, returns the command's result.
+local function finish(self)
+  self._waited = true
+  local tasks = self._tasks
+  self._tasks = nil
+  self:_close_pipes()
+  local state = self._state
+  self.process_state = state
+  for _, t in ipairs(tasks) do
+    if t.err then return nil, t.err end
+  end
+  if not state:success() then return nil, exit_error(state) end
+  return true
+end
+
+local function check_waitable(self)
+  if not self._started or not self.process then return state_error("exec: not started") end
+  if self._waited then return state_error("exec: Wait was already called") end
+end
+
+--- cmd:wait([timeout]) -> true | nil, err. Waits for the command to exit and
+-- for its I/O (stdin string, function/table sinks) to finish, then closes the
+-- pipes. A non-zero exit or a signal gives an ExitError: err.exit_code,
+-- err.signal ("SIGKILL" or nil), err.state; cmd.process_state is set either way.
+-- A timeout that runs out returns nil, err:is(errors.ErrTimeout) and leaves the
+-- command running: a later wait still returns its real status.
+-- State errors: "exec: not started", "exec: Wait was already called".
+function Cmd:wait(timeout)
+  local serr = check_waitable(self)
+  if serr then return nil, serr end
+  local ok, err = drive({ self }, wait.deadline(timeout))
+  if not ok then return nil, err end
+  return finish(self)
+end
+
+--- cmd:run() -> true | nil, err: start then wait.
+function Cmd:run()
+  local ok, err = self:start()
+  if not ok then return nil, err end
+  return self:wait()
+end
+
+-- Captures stdout (and stderr into `combined`) into tether buffers and runs.
+local function capture(self, combined, fname)
+  if self.stdout ~= nil then return nil, state_error("exec: Stdout already set") end
+  if combined and self.stderr ~= nil then return nil, state_error("exec: Stderr already set") end
+  local out = core.buffer(self.max_output)
+  self.stdout = out
+  local errbuf
+  if combined then self.stderr = out
+  elseif self.stderr == nil then
+    errbuf = core.buffer(STDERR_KEEP)
+    self.stderr = errbuf
+  end
+  local ok, err = self:run()
+  local data = out:result()
+  self.truncated = out:truncated()
+  out:free()
+  if errbuf then
+    if err and err.state then err.stderr = errbuf:result() end
+    errbuf:free()
+  end
+  if not ok then return nil, err, data end
+  return data
+end
+
+--- cmd:output() -> stdout as a string | nil, err [, partial output].
+-- stdout and stderr are drained concurrently, so no size deadlocks. When
+-- cmd.stderr is nil, a failing command's ExitError carries err.stderr (the last
+-- 32 KiB kept). cmd.max_output bounds what is kept (head and tail halves) and
+-- sets cmd.truncated.
+function Cmd:output() return capture(self, false) end
+
+--- cmd:combined_output() -> stdout and stderr interleaved, as one string | nil, err [, output].
+function Cmd:combined_output() return capture(self, true) end
+
+local function make_pipe(self, which)
+  if self._started then return nil, state_error("exec: " .. which .. "_pipe after process started") end
+  local field = which
+  if self[field] ~= nil then return nil, state_error("exec: " .. which:gsub("^%l", string.upper) .. " already set") end
+  local r, w = core.pipe()
+  if not r then return nil, errors.from_errno("pipe", nil, w) end
+  local parent, child
+  if which == "stdin" then parent, child = new_writer(w), r else parent, child = new_reader(r), w end
+  parent._fd:set_nonblock(true)
+  self[field] = child
+  self._child_ends = self._child_ends or {}
+  insert(self._child_ends, child)
+  self._pipes = self._pipes or {}
+  insert(self._pipes, parent)
+  return parent
+end
+
+--- cmd:stdin_pipe() -> Writer | nil, err: a pipe to the child's stdin; close it to send EOF.
+function Cmd:stdin_pipe() return make_pipe(self, "stdin") end
+--- cmd:stdout_pipe() -> Reader | nil, err: read it before wait (wait closes it).
+function Cmd:stdout_pipe() return make_pipe(self, "stdout") end
+--- cmd:stderr_pipe() -> Reader | nil, err: read it before wait (wait closes it).
+function Cmd:stderr_pipe() return make_pipe(self, "stderr") end
+
+--- <close> (Lua 5.4): a started child still running at scope exit is killed and reaped.
+function Cmd:__close()
+  if self._started and self.process and not self._waited then
+    self.process:kill()
+    self.process:wait()
+    self._waited = true
+    self:_close_pipes()
+  end
+end
+
+---------------------------------------------------------------------------
+-- pipeline
+
+--- pipeline({cmd1, cmd2, ...}) -> list of ProcessStates | nil, err.
+-- Wires cmd[i]'s stdout to cmd[i+1]'s stdin fd to fd (no copying through Lua),
+-- starts every stage, waits for all. pipefail: when any stage fails, err is the
+-- last failing stage's error, with err.states (all states) and err.index.
+function exec.pipeline(cmds)
+  if type(cmds) ~= "table" or #cmds == 0 then argerror(1, "pipeline", "non-empty list of commands expected") end
+  for i, c in ipairs(cmds) do
+    if getmetatable(c) ~= Cmd then argerror(1, "pipeline", ("element %d is not a Cmd"):format(i)) end
+    if i > 1 and c.stdin ~= nil then argerror(1, "pipeline", ("cmd %d has stdin set"):format(i)) end
+    if i < #cmds and c.stdout ~= nil then argerror(1, "pipeline", ("cmd %d has stdout set"):format(i)) end
+  end
+  local ends = {}
+  for i = 1, #cmds - 1 do
+    local r, w = core.pipe()
+    if not r then close_all(ends); return nil, errors.from_errno("pipe", nil, w) end
+    ends[#ends + 1], ends[#ends + 2] = r, w
+    cmds[i].stdout, cmds[i + 1].stdin = w, r
+  end
+  for i, c in ipairs(cmds) do
+    local ok, err = c:start()
+    if not ok then
+      close_all(ends)
+      for j = 1, i - 1 do cmds[j].process:kill(); cmds[j]:wait() end
+      err.index = i
+      return nil, err
+    end
+  end
+  close_all(ends)
+  local ok, err = drive(cmds, nil)
+  if not ok then return nil, err end
+  local states, failed = {}, nil
+  for i, c in ipairs(cmds) do
+    local fine, e = finish(c)
+    states[i] = c.process_state
+    if not fine then failed = e; failed.index = i end
+  end
+  if failed then failed.states = states; return nil, failed end
+  return states
+end
+
+exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer
+
+return exec
