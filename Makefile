@@ -29,6 +29,7 @@ DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 export TETHER_LUA := $(LUA_BIN)
+export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
 
 .PHONY: all deps test demo clean install
 
@@ -50,11 +51,17 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
+	    (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing) >/dev/null || exit 1; \
 	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
 	fi
 
-test: $(CORE)
+# A spec helper: runs a command with signals blocked/ignored (spec/helpers/sigexec.c).
+$(BUILD)/sigexec: spec/helpers/sigexec.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -o $@ $<
+
+test: $(CORE) $(BUILD)/sigexec
 	@mkdir -p $(BUILD)
 	@$(LUA_BIN) /usr/bin/busted -o TAP spec > $(BUILD)/test.tap 2>$(BUILD)/test.err; rc=$$?; \
 	  cat $(BUILD)/test.tap; cat $(BUILD)/test.err >&2; \
@@ -62,6 +69,18 @@ test: $(CORE)
 
 demo: $(CORE)
 	$(LUA_BIN) examples/tour.lua
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: tether.core and the Lua modules
+# where this Lua's default package.path and package.cpath look.
+PREFIX ?= /usr/local
+LUA_ABI := $(if $(filter luajit,$(LUA)),5.1,$(LUA))
+INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
+INSTALL_CMOD ?= $(PREFIX)/lib/lua/$(LUA_ABI)
+
+install: $(CORE)
+	install -d $(DESTDIR)$(INSTALL_CMOD)/tether $(DESTDIR)$(INSTALL_LMOD)/tether
+	install -m 755 $(CORE) $(DESTDIR)$(INSTALL_CMOD)/tether/core.so
+	cd lua && find tether -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(INSTALL_LMOD)/{} \;
 
 clean:
 	rm -rf build

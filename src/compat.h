@@ -20,6 +20,14 @@ static inline void *tether_testudata(lua_State *L, int i, const char *tname) {
 }
 #define luaL_testudata(L, i, t) tether_testudata(L, i, t)
 #define luaL_setmetatable(L, t) (luaL_getmetatable(L, t), lua_setmetatable(L, -2))
+/* A sized buffer: a userdata block on the stack, turned into a string at the end. */
+static inline char *tether_buffinitsize(lua_State *L, luaL_Buffer *B, size_t sz) {
+  B->L = L;
+  return lua_newuserdata(L, sz);
+}
+#define luaL_buffinitsize(L, B, sz) tether_buffinitsize(L, B, sz)
+#define luaL_pushresultsize(B, n) \
+  (lua_pushlstring((B)->L, lua_touserdata((B)->L, -1), (n)), lua_remove((B)->L, -2))
 #endif
 
 #if LUA_VERSION_NUM < 503

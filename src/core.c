@@ -9,6 +9,18 @@ int tether_fail(lua_State *L, int err) {
   return 2;
 }
 
+/* kind(v) -> "fd", "buffer", "process" for tether's userdata, else nil. */
+static int core_kind(lua_State *L) {
+  static const struct { const char *mt, *name; } kinds[] = {
+    {TETHER_FD_MT, "fd"}, {TETHER_BUFFER_MT, "buffer"}, {TETHER_PROC_MT, "process"},
+  };
+  if (lua_type(L, 1) == LUA_TUSERDATA)
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+      if (luaL_testudata(L, 1, kinds[i].mt)) { lua_pushstring(L, kinds[i].name); return 1; }
+  lua_pushnil(L);
+  return 1;
+}
+
 __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   lua_newtable(L);
   tether_open_sys(L);
@@ -16,5 +28,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_buffer(L);
   tether_open_process(L);
   tether_open_env(L);
+  lua_pushcfunction(L, core_kind);
+  lua_setfield(L, -2, "kind");
   return 1;
 }

@@ -56,8 +56,9 @@ exec._signum = signum
 
 -- A value tether can pass to a child as an fd: integer, Lua file, tether fd.
 local function is_file(v) return io.type(v) == "file" end
-local function is_tfd(v) return type(v) == "userdata" and tostring(v):sub(1, 9) == "tether.fd" end
-local function is_buffer(v) return type(v) == "userdata" and tostring(v):sub(1, 13) == "tether.buffer" end
+local kind = core.kind
+local function is_tfd(v) return kind(v) == "fd" end
+local function is_buffer(v) return kind(v) == "buffer" end
 
 local null_fd -- one /dev/null for every child, opened on first use (O_CLOEXEC)
 local function devnull()
@@ -247,6 +248,25 @@ Writer.__name = "tether.Writer"
 
 local function io_error(op, errno) return errors.from_errno(op, nil, errno) end
 
+local service -- services one I/O task of a command (defined with Cmd below)
+
+-- Waits until fd is ready for ev, meanwhile servicing the other I/O of the command
+-- that owns the pipe (a string fed to stdin, sinks): a caller reading stdout before
+-- wait() must not deadlock on a child blocked writing stderr or reading stdin.
+local function wait_pipe(pipe, fd, ev, deadline)
+  local tasks = pipe._cmd and pipe._cmd._tasks
+  if not tasks then return wait.wait(fd, ev, deadline) end
+  local list = { fd, ev }
+  for _, t in ipairs(tasks) do
+    if not t.done then
+      if service(t) then t.done = true
+      else list[#list + 1], list[#list + 2] = t.fd:getfd(), t.ev end
+    end
+  end
+  if #list == 2 then return wait.wait(fd, ev, deadline) end
+  return wait.wait_many(list, deadline) ~= false
+end
+
 local function closed_error() return errors.new { op = "read", msg = "read: file already closed" } end
 
 -- Reads one chunk into self._pending (non-empty) or marks EOF; false at the deadline.
@@ -261,7 +281,7 @@ local function fill(self, deadline)
       return true
     end
     if data == nil then return nil, io_error("read", errno) end
-    if not wait.wait(fd:getfd(), "r", deadline) then return false end
+    if not wait_pipe(self, fd:getfd(), "r", deadline) then return false end
   end
 end
 
@@ -337,7 +357,7 @@ function Writer:write(...)
       if not fd then return nil, errors.new { op = "write", msg = "write: file already closed" } end
       local n, errno = fd:write(s, pos)
       if n then pos = pos + n
-      elseif n == false then wait.wait(fd:getfd(), "w", nil)
+      elseif n == false then wait_pipe(self, fd:getfd(), "w", nil)
       else return nil, io_error("write", errno) end
     end
   end
@@ -535,7 +555,12 @@ end
 function Cmd:start()
   if self._started then return nil, state_error("exec: already started") end
   local env, pgid, pdeathsig = validate(self)
-  if self.err then return nil, self.err end
+  if self.err then -- lookup failed at construction: release the pipes handed out (as Go)
+    close_all(self._child_ends or {})
+    self._child_ends = nil
+    self:_close_pipes()
+    return nil, self.err
+  end
   self._started = true
   local close_after, tasks, shared = {}, {}, {}
   local fds = {}
@@ -582,7 +607,7 @@ function Cmd:_close_pipes()
 end
 
 -- Services one I/O task without blocking; returns true when the task is finished.
-local function service(task)
+function service(task)
   local fd = task.fd
   if task.kind == "feed" then
     local data = task.data
@@ -748,14 +773,16 @@ function Cmd:output() return capture(self, false) end
 function Cmd:combined_output() return capture(self, true) end
 
 local function make_pipe(self, which)
-  if self._started then return nil, state_error("exec: " .. which .. "_pipe after process started") end
+  local go_name = which:gsub("^%l", string.upper) -- Go's names in the messages
+  if self._started then return nil, state_error("exec: " .. go_name .. "Pipe after process started") end
   local field = which
-  if self[field] ~= nil then return nil, state_error("exec: " .. which:gsub("^%l", string.upper) .. " already set") end
+  if self[field] ~= nil then return nil, state_error("exec: " .. go_name .. " already set") end
   local r, w = core.pipe()
   if not r then return nil, errors.from_errno("pipe", nil, w) end
   local parent, child
   if which == "stdin" then parent, child = new_writer(w), r else parent, child = new_reader(r), w end
   parent._fd:set_nonblock(true)
+  parent._cmd = self
   self[field] = child
   self._child_ends = self._child_ends or {}
   insert(self._child_ends, child)
