@@ -85,6 +85,7 @@ void tether_reap_orphans(void) {
     else i++;
   }
   atomic_store(&orphan_count, n);
+  if (n == 0) { free(orphans); orphans = NULL; orphan_cap = 0; }
   pthread_mutex_unlock(&orphan_lock);
   errno = saved;
 }
@@ -117,9 +118,34 @@ struct child_args {
   gid_t *groups;
   int ngroups;
   unsigned max_fd;       /* fallback bound when close_range is missing */
+  int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
   volatile int err;
   volatile int step;
 };
+
+/* Whether clone(CLONE_VM) really shares memory. It does on Linux; emulators such as
+ * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
+static atomic_int vm_shared = -1;
+
+static int probe_main(void *arg) {
+  *(volatile int *)arg = 1;
+  _exit(0);
+}
+
+static int memory_is_shared(void) {
+  int v = atomic_load(&vm_shared);
+  if (v >= 0) return v;
+  static char stack[4096] __attribute__((aligned(64)));
+  volatile int flag = 0;
+  pid_t pid = clone(probe_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)&flag);
+  if (pid > 0) {
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+  }
+  v = flag == 1;
+  atomic_store(&vm_shared, v);
+  return v;
+}
 
 /* The child side. Only async-signal-safe calls; ids are set with raw syscalls so glibc
  * does not try to broadcast them to the parent's threads (which share this memory). */
@@ -149,6 +175,12 @@ static int child_main(void *arg) {
   /* stdio and extra files. Pass 1 moves every source that a lower target would overwrite
    * above all sources and targets; pass 2 dup2s in order. Swaps (1<->2) survive. */
   int next = (a->max_src_fd + 1 > a->nfds) ? a->max_src_fd + 1 : a->nfds;
+  if (a->errpipe >= 0 && a->errpipe < next) { /* keep it out of the way of the targets */
+    int nf = fcntl(a->errpipe, F_DUPFD_CLOEXEC, next);
+    if (nf < 0) { step = STEP_DUP2; goto fail; }
+    a->errpipe = nf;
+    next = nf + 1;
+  }
   for (int i = 0; i < a->nfds; i++) {
     if (a->fds[i] >= 0 && a->fds[i] < i) {
       int nf = fcntl(a->fds[i], F_DUPFD_CLOEXEC, next);
@@ -183,6 +215,10 @@ static int child_main(void *arg) {
 fail:
   a->err = errno;
   a->step = step;
+  if (a->errpipe >= 0) {
+    int report[2] = { a->err, step };
+    while (write(a->errpipe, report, sizeof report) < 0 && errno == EINTR) {}
+  }
   _exit(127);
 }
 
@@ -277,6 +313,12 @@ static int proc_spawn(lua_State *L) {
   struct rlimit rl;
   a.max_fd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536) ? (unsigned)rl.rlim_cur : 65536;
   a.parent_pid = getpid();
+  int errpipe[2] = { -1, -1 };
+  a.errpipe = -1;
+  if (!memory_is_shared()) {
+    if (pipe2(errpipe, O_CLOEXEC) < 0) return tether_fail(L, errno);
+    a.errpipe = errpipe[1];
+  }
 
   /* The object exists before the child does: no Lua error can strand a child. */
   tproc *p = new_proc(L);
@@ -303,6 +345,14 @@ static int proc_spawn(lua_State *L) {
 
   if (inherit_env) tether_env_unlock();
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (errpipe[0] >= 0) { /* the child's report, or EOF once execve closed the pipe */
+    close(errpipe[1]);
+    int report[2];
+    ssize_t n;
+    do n = read(errpipe[0], report, sizeof report); while (n < 0 && errno == EINTR);
+    if (pid > 0 && n == (ssize_t)sizeof report) { a.err = report[0]; a.step = report[1]; }
+    close(errpipe[0]);
+  }
 
   if (pid < 0) {
     lua_pushnil(L);
@@ -374,8 +424,9 @@ static int proc_signal(lua_State *L) {
   tproc *p = check_proc(L, 1);
   int sig = (int)luaL_checkinteger(L, 2);
   if (p->reaped || p->released || p->pid < 0) return tether_fail(L, ESRCH);
-  int r = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0)
-                        : kill(p->pid, sig); /* unreaped: the pid cannot be recycled */
+  int r = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) : -1;
+  if (p->pidfd < 0 || (r < 0 && errno == ENOSYS))
+    r = kill(p->pid, sig); /* unreaped: the pid cannot be recycled */
   if (r < 0) return tether_fail(L, errno);
   lua_pushboolean(L, 1);
   return 1;
