@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 
 typedef struct { int fd; } tfd;
 
@@ -70,6 +72,24 @@ static int fd_open_null(lua_State *L) {
   tfd *f = new_fd(L);
   f->fd = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (f->fd < 0) return tether_fail(L, errno);
+  return 1;
+}
+
+/* eventfd() -> a non-blocking O_CLOEXEC eventfd (readable once fd:notify() was called),
+ * or nil, errno. */
+static int fd_eventfd(lua_State *L) {
+  tfd *f = new_fd(L);
+  f->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (f->fd < 0) return tether_fail(L, errno);
+  return 1;
+}
+
+/* fd:notify() -> true: adds 1 to an eventfd, making it readable (and keeping it so). */
+static int fd_notify(lua_State *L) {
+  tfd *f = check_open(L, 1);
+  uint64_t one = 1;
+  while (write(f->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -185,11 +205,11 @@ static int fd_tostring(lua_State *L) {
 
 static const luaL_Reg fd_methods[] = {
   {"read", fd_read}, {"write", fd_write}, {"close", fd_close}, {"getfd", fd_getfd},
-  {"set_nonblock", fd_set_nonblock}, {"set_pipe_size", fd_set_pipe_size}, {NULL, NULL},
+  {"set_nonblock", fd_set_nonblock}, {"notify", fd_notify}, {"set_pipe_size", fd_set_pipe_size}, {NULL, NULL},
 };
 
 static const luaL_Reg fd_funcs[] = {
-  {"pipe", fd_pipe}, {"open_null", fd_open_null}, {"dup", fd_dup}, {"fileno", fd_fileno},
+  {"pipe", fd_pipe}, {"open_null", fd_open_null}, {"eventfd", fd_eventfd}, {"dup", fd_dup}, {"fileno", fd_fileno},
   {NULL, NULL},
 };
 

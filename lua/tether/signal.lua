@@ -1,0 +1,284 @@
+--- tether.signal: Go's os/signal for Lua.
+--
+-- A C handler counts each caught signal and wakes a self-pipe; nothing else
+-- runs in the handler. Pending signals are delivered to channels whenever
+-- tether looks (recv, try_recv, a context check, a wait). A full channel drops
+-- the signal, as in Go. Only signals named here are ever touched; when no
+-- channel watches a signal any more, the disposition found before tether
+-- touched it is restored. A handler the host installed before is chained.
+local core = require "tether.core"
+local errors = require "tether.errors"
+local wait = require "tether.wait"
+
+local type, pairs, ipairs, setmetatable, error, select, tostring =
+  type, pairs, ipairs, setmetatable, error, select, tostring
+
+local SIG = core.signals
+local M = {}
+
+-- Signals tether refuses to touch: synchronous faults and the uncatchable ones.
+local refused = { SIGSEGV = true, SIGBUS = true, SIGFPE = true, SIGILL = true,
+  SIGKILL = true, SIGSTOP = true }
+
+-- name(n) -> "SIGINT" (or "SIGRTMIN+3" / "SIG<n>").
+local function name_of(n)
+  if SIG[n] then return SIG[n] end
+  if n >= SIG.SIGRTMIN and n <= SIG.SIGRTMAX then
+    return n == SIG.SIGRTMIN and "SIGRTMIN" or ("SIGRTMIN+" .. (n - SIG.SIGRTMIN))
+  end
+  return "SIG" .. n
+end
+
+-- number(sig, argn, fname) -> signal number; raises naming the argument.
+local function number(sig, argn, fname, level)
+  level = level or 3
+  local n
+  if type(sig) == "number" then
+    n = sig
+    if n ~= math.floor(n) or n < 1 or n > SIG.SIGRTMAX then
+      error(("bad argument #%d to '%s' (invalid signal number %s)"):format(argn, fname, tostring(sig)), level)
+    end
+  elseif type(sig) == "string" then
+    local s = sig:upper()
+    if s:sub(1, 3) ~= "SIG" then s = "SIG" .. s end
+    n = SIG[s]
+    if not n then
+      local off = s:match("^SIGRTMIN%+(%d+)$")
+      if off then n = SIG.SIGRTMIN + tonumber(off) end
+    end
+    if not n or n > SIG.SIGRTMAX then
+      error(("bad argument #%d to '%s' (unknown signal %q)"):format(argn, fname, sig), level)
+    end
+  else
+    error(("bad argument #%d to '%s' (signal name or number expected, got %s)"):format(argn, fname, type(sig)), level)
+  end
+  if refused[SIG[n] or ""] then
+    error(("bad argument #%d to '%s' (%s cannot be handled by tether)"):format(argn, fname, SIG[n]), level)
+  end
+  return n
+end
+
+-- The list of signal numbers named by ..., starting at argument argn; none = all catchable.
+local function numbers(argn, fname, ...)
+  local list = {}
+  local count = select("#", ...)
+  if count == 0 then
+    for n = 1, 31 do
+      if SIG[n] and not refused[SIG[n]] then list[#list + 1] = n end
+    end
+    for n = SIG.SIGRTMIN, SIG.SIGRTMAX do list[#list + 1] = n end
+    return list
+  end
+  for i = 1, count do list[i] = number((select(i, ...)), argn + i - 1, fname, 4) end
+  return list
+end
+
+-- watchers[signum] = { [channel] = true }
+local watchers = {}
+local nwatched = 0 -- signals with at least one watcher
+
+---------------------------------------------------------------------------
+-- channels
+
+local Channel = {}
+Channel.__index = Channel
+Channel.__name = "tether.signal.channel"
+
+--- channel([capacity]) -> a signal channel holding up to capacity (default 1)
+-- undelivered signals; more are dropped, as in Go.
+function M.channel(capacity)
+  if capacity == nil then capacity = 1 end
+  if type(capacity) ~= "number" or capacity < 1 or capacity ~= math.floor(capacity) then
+    error("bad argument #1 to 'channel' (capacity must be a positive integer)", 2)
+  end
+  return setmetatable({ cap = capacity, q = {}, first = 1, last = 0 }, Channel)
+end
+
+local function push(ch, name)
+  if ch.last - ch.first + 1 >= ch.cap then return false end
+  ch.last = ch.last + 1
+  ch.q[ch.last] = name
+  if ch.on_signal then ch.on_signal(name) end
+  return true
+end
+
+local function pop(ch)
+  if ch.first > ch.last then return nil end
+  local v = ch.q[ch.first]
+  ch.q[ch.first] = nil
+  ch.first = ch.first + 1
+  return v
+end
+
+--- pump(): delivers the signals caught since the last look to the watching
+-- channels. Cheap when none are pending (no syscall). Called by every wait.
+local function pump()
+  local caught = core.signal_take()
+  if not caught then return end
+  for n, count in pairs(caught) do
+    local ws = watchers[n]
+    if ws then
+      local name = name_of(n)
+      for ch in pairs(ws) do
+        for _ = 1, count do
+          if not push(ch, name) then break end
+        end
+      end
+    end
+  end
+end
+M._pump = pump
+
+--- ch:try_recv() -> "SIGINT" | nil: a pending signal's name, without waiting.
+function Channel:try_recv()
+  pump()
+  return pop(self)
+end
+
+local function is_context(v)
+  return type(v) == "table" and type(v.done) == "function" and type(v.err) == "function"
+end
+
+--- ch:recv([timeout | ctx]) -> "SIGINT" | nil, err. Waits for a signal. A
+-- timeout (seconds) that runs out gives err:is(errors.ErrTimeout); a context
+-- that is done gives its error (context.Canceled or DeadlineExceeded).
+function Channel:recv(limit)
+  local ctx, deadline
+  if is_context(limit) then ctx = limit; deadline = ctx:deadline()
+  elseif limit ~= nil then deadline = wait.deadline(limit) end
+  local list = {}
+  while true do
+    pump()
+    local v = pop(self)
+    if v then return v end
+    if ctx and ctx:done() then return nil, ctx:err() end
+    list[1], list[2] = core.signal_fd(), "r"
+    if ctx then
+      list[3], list[4] = ctx:pollfd(), "r"
+      if list[3] < 0 then list[3], list[4] = nil, nil end
+    end
+    if wait.wait_many(list, deadline) == false then
+      pump()
+      v = pop(self)
+      if v then return v end
+      if ctx and ctx:done() then return nil, ctx:err() end
+      return nil, errors.from_errno("recv", nil, core.errno.ETIMEDOUT)
+    end
+  end
+end
+
+--- ch:pollfd() -> the signal self-pipe's fd; events() -> "r"; timeout() -> nil.
+function Channel:pollfd() return core.signal_fd() end
+function Channel:events() return "r" end
+function Channel:timeout() if self.first <= self.last then return 0 end return nil end
+
+---------------------------------------------------------------------------
+-- notify, stop, ignore, reset
+
+--- notify(ch, sig...) -> ch: relays the named signals ("INT", "SIGINT" or
+-- numbers) to ch; with no names, every catchable signal. Raises on unknown
+-- names and on SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGKILL, SIGSTOP.
+function M.notify(ch, ...)
+  if getmetatable(ch) ~= Channel then error("bad argument #1 to 'notify' (signal channel expected)", 2) end
+  local list = numbers(2, "notify", ...)
+  for _, n in ipairs(list) do
+    local ws = watchers[n]
+    if not ws then
+      local ok, errno = core.signal_watch(n)
+      if not ok then error("notify: sigaction " .. name_of(n) .. ": " .. core.strerror(errno), 2) end
+      ws = {}
+      watchers[n] = ws
+      nwatched = nwatched + 1
+    end
+    ws[ch] = true
+  end
+  return ch
+end
+
+local function unwatch(n)
+  if watchers[n] then
+    watchers[n] = nil
+    nwatched = nwatched - 1
+  end
+end
+
+--- stop(ch): ch receives no more signals. A signal no channel watches any more
+-- gets back the disposition it had before tether touched it.
+function M.stop(ch)
+  if getmetatable(ch) ~= Channel then error("bad argument #1 to 'stop' (signal channel expected)", 2) end
+  pump() -- what was caught before stop still reaches ch
+  for n, ws in pairs(watchers) do
+    if ws[ch] then
+      ws[ch] = nil
+      if next(ws) == nil then
+        unwatch(n)
+        core.signal_unwatch(n)
+      end
+    end
+  end
+end
+
+--- ignore(sig...): the named signals (none = all catchable) are ignored
+-- (SIG_IGN) and no longer delivered to channels.
+function M.ignore(...)
+  for _, n in ipairs(numbers(1, "ignore", ...)) do
+    unwatch(n)
+    core.signal_ignore(n)
+  end
+end
+
+--- ignored(sig) -> true when sig is currently ignored (SIG_IGN).
+function M.ignored(sig)
+  return core.signal_ignored(number(sig, 1, "ignored"))
+end
+
+--- reset(sig...): undoes notify and ignore for the named signals (none = all):
+-- each gets back the disposition found before tether touched it.
+function M.reset(...)
+  for _, n in ipairs(numbers(1, "reset", ...)) do
+    unwatch(n)
+    core.signal_reset(n)
+  end
+end
+
+--- notify_context(parent, sig...) -> ctx, stop. ctx is cancelled when one of
+-- the signals arrives (context.cause(ctx) names it: "received signal SIGINT").
+-- stop() unregisters the signals (a second SIGINT then gets the default action)
+-- and cancels ctx.
+function M.notify_context(parent, ...)
+  local context = require "tether.context"
+  local ctx, cancel = context.with_cancel_cause(parent)
+  local ch = M.channel(1)
+  ch.on_signal = function(name)
+    local cause = errors.new { msg = "received signal " .. name }
+    cause.signal = name
+    cancel(cause)
+  end
+  M.notify(ch, ...)
+  local stopped = false
+  local function stop()
+    if not stopped then
+      stopped = true
+      M.stop(ch)
+    end
+    cancel()
+  end
+  return ctx, stop
+end
+
+-- Contexts pump signals before answering, and wait on the self-pipe too.
+do
+  local ok, context = pcall(require, "tether.context")
+  if ok and context._checkers then
+    context._checkers[#context._checkers + 1] = pump
+    local prev = context._wait_fds
+    context._wait_fds = function()
+      local list = prev and prev() or {}
+      if nwatched > 0 then list[#list + 1] = core.signal_fd(); list[#list + 1] = "r" end
+      return list
+    end
+  end
+end
+
+M.Channel = Channel
+return M
