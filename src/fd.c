@@ -30,8 +30,9 @@ static tfd *check_open(lua_State *L, int idx) {
 
 int tether_checkfd(lua_State *L, int idx) {
   if (lua_type(L, idx) == LUA_TNUMBER) {
-    lua_Integer n = lua_tointeger(L, idx);
-    if (!lua_isinteger(L, idx) || n < 0 || n > 0x7fffffff)
+    lua_Number d = lua_tonumber(L, idx); /* an integral float (luasocket's getfd) is fine */
+    lua_Integer n = (lua_Integer)d;
+    if ((lua_Number)n != d || n < 0 || n > 0x7fffffff)
       luaL_argerror(L, idx, "fd must be a non-negative integer");
     return (int)n;
   }

@@ -32,6 +32,7 @@ extern char **environ;
 typedef struct {
   pid_t pid;       /* -1 until spawned */
   int pidfd;       /* -1 when none (old kernel, reaped or released) */
+  int owned;       /* spawned by tether: reaped in the background when collected */
   int reaped;      /* the status below is final */
   int released;    /* handed to the background reaper */
   int status;
@@ -161,7 +162,14 @@ static int child_main(void *arg) {
   for (int s = 1; s < NSIG; s++) {
     struct sigaction old;
     if (s == SIGKILL || s == SIGSTOP) continue;
-    if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
+    if (sigaction(s, NULL, &old) == 0) {
+      if (old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
+    } else if (errno == EINVAL) {
+      /* glibc keeps 32 and 33 for itself and refuses them: set SIG_DFL with the raw
+       * syscall (an all-zero kernel sigaction is SIG_DFL, no flags, empty mask). */
+      unsigned long zero[4] = {0, 0, 0, 0};
+      syscall(SYS_rt_sigaction, s, zero, NULL, (size_t)(NSIG / 8));
+    }
   }
 
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
@@ -310,6 +318,12 @@ static int proc_spawn(lua_State *L) {
       lua_pop(L, 1);
     }
   }
+  /* Dropping privileges as root also drops the supplementary groups (as Go does),
+   * unless groups were given. */
+  if ((a.set_uid || a.set_gid) && !a.set_groups && geteuid() == 0) {
+    a.set_groups = 1;
+    a.ngroups = 0;
+  }
   struct rlimit rl;
   a.max_fd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536) ? (unsigned)rl.rlim_cur : 65536;
   a.parent_pid = getpid();
@@ -371,6 +385,7 @@ static int proc_spawn(lua_State *L) {
   }
   p->pid = pid;
   p->pidfd = pidfd;
+  p->owned = 1;
   lua_pushvalue(L, -2); /* the process */
   return 1;
 }
@@ -440,7 +455,7 @@ static int proc_pidfd(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pidfd
  * at a later tether call. Also __gc. */
 static int proc_release(lua_State *L) {
   tproc *p = check_proc(L, 1);
-  if (!p->reaped && !p->released && p->pid > 0) {
+  if (p->owned && !p->reaped && !p->released && p->pid > 0) {
     int st;
     pid_t r = waitpid(p->pid, &st, WNOHANG);
     if (r == 0) orphan_add(p->pid);

@@ -33,6 +33,11 @@ end
 
 local function has_nul(s) return find(s, "\0", 1, true) ~= nil end
 
+local function is_context(v)
+  return type(v) == "table" and type(v.done) == "function" and type(v.err) == "function"
+    and type(v.pollfd) == "function"
+end
+
 local function state_error(msg)
   return errors.new { msg = msg }
 end
@@ -86,8 +91,8 @@ function exec.look_path(name)
     if ok then return name end
     return nil, errors.new { op = "exec", path = name, err = errors.from_errno(nil, nil, errno), step = "lookup" }
   end
-  if name ~= "" then
-    local path = require("tether.core").env_get("PATH") or ""
+  local path = core.env_get("PATH") or ""
+  if name ~= "" and path ~= "" then -- an empty PATH searches nothing (as Go)
     for dir in (path .. ":"):gmatch("([^:]*):") do
       if dir == "" then dir = "." end
       local candidate = dir .. "/" .. name
@@ -175,6 +180,8 @@ function Process:kill() return self:signal(SIG.SIGKILL) end
 -- id is this process's pid (a child started with setpgid = true).
 function Process:signal_group(sig)
   local n = signum(sig, "signal_group")
+  -- Once reaped, the group id may be recycled: never signal it then.
+  if self._state then return nil, errors.ErrProcessDone end
   local ok, errno = core.kill(-self.pid, n)
   if ok then return true end
   return nil, done_or(errno, "signal_group", self.pid)
@@ -411,6 +418,21 @@ function exec.command(name, ...)
   return cmd
 end
 
+--- command_context(ctx, name, ...) -> Cmd bound to ctx: start fails with ctx's
+-- error when ctx is already done; when ctx becomes done while the command runs,
+-- cmd.cancel(cmd) is called (default: SIGKILL to the process, or to its group
+-- with setpgid = true) and wait returns an error that is ctx's error. With
+-- cmd.wait_delay (seconds), a process still running that long after the cancel
+-- is killed, and I/O still open that long after the process exited is closed
+-- (wait then returns errors.ErrWaitDelay), as Go 1.20+.
+function exec.command_context(ctx, name, ...)
+  if not is_context(ctx) then argerror(1, "command_context", "context expected, got " .. type(ctx)) end
+  if type(name) ~= "string" then argerror(2, "command_context", "string expected, got " .. type(name)) end
+  local cmd = exec.command(name, ...)
+  cmd.ctx = ctx
+  return cmd
+end
+
 -- env_list(env) -> list of "K=V" (map sorted by key; duplicate keys: last wins), or nil.
 local function env_list(env)
   if env == nil then return nil end
@@ -490,6 +512,26 @@ local function validate(self)
   end
   if self.groups ~= nil and type(self.groups) ~= "table" then error("exec: cmd.groups must be a list", 3) end
   if self.extra_files ~= nil and type(self.extra_files) ~= "table" then error("exec: cmd.extra_files must be a list", 3) end
+  for i, f in ipairs(self.extra_files or {}) do
+    if not (type(f) == "number" or is_file(f) or is_tfd(f) or getmetatable(f) == Reader or getmetatable(f) == Writer) then
+      error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 3)
+    end
+  end
+  for i, name in ipairs { "stdin", "stdout", "stderr" } do
+    local v = self[name]
+    local t = type(v)
+    local ok = v == nil or v == "null" or v == "inherit" or (t == "number" and v >= 0 and v == math.floor(v))
+      or is_file(v) or is_tfd(v) or getmetatable(v) == Reader or getmetatable(v) == Writer
+      or (i == 1 and t == "string") or (i > 1 and (t == "function" or t == "table" or is_buffer(v)))
+    if not ok then
+      error(("exec: cmd.%s must be nil, \"null\", \"inherit\", %s, a file or an fd"):format(name,
+        i == 1 and "a string" or "a function, a table"), 3)
+    end
+  end
+  if self.wait_delay ~= nil and (type(self.wait_delay) ~= "number" or self.wait_delay < 0) then
+    error("exec: cmd.wait_delay must be a number of seconds", 3)
+  end
+  if self.cancel ~= nil and type(self.cancel) ~= "function" then error("exec: cmd.cancel must be a function", 3) end
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
@@ -555,6 +597,15 @@ end
 function Cmd:start()
   if self._started then return nil, state_error("exec: already started") end
   local env, pgid, pdeathsig = validate(self)
+  if self.cancel ~= nil and not self.ctx then
+    return nil, state_error("exec: command with a non-nil Cancel was not created with CommandContext")
+  end
+  if self.ctx and self.ctx:done() then
+    close_all(self._child_ends or {})
+    self._child_ends = nil
+    self:_close_pipes()
+    return nil, self.ctx:err()
+  end
   if self.err then -- lookup failed at construction: release the pipes handed out (as Go)
     close_all(self._child_ends or {})
     self._child_ends = nil
@@ -650,53 +701,101 @@ local function exit_error(state)
   return err
 end
 
+-- The default cmd.cancel: SIGKILL to the process, or to its whole group with setpgid = true.
+local function default_cancel(cmd)
+  if cmd.setpgid == true then return cmd.process:signal_group("SIGKILL") end
+  return cmd.process:kill()
+end
+
+-- The command's context is done: run cmd.cancel once and start the wait_delay clock (Go 1.20).
+local function on_context_done(c)
+  c._canceled = true
+  local ok, cerr = (c.cancel or default_cancel)(c)
+  if ok then c._ctx_err = c.ctx:err()
+  elseif cerr and errors.is(cerr, errors.ErrProcessDone) then -- it had exited already
+  else c._ctx_err = errors.wrap(cerr or errors.new { msg = "cancel failed" }, "exec: canceling Cmd") end
+  if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
+end
+
+-- wait_delay ran out: kill a process still running, stop waiting for its I/O.
+local function on_delay_expired(c)
+  c._delay_at = math.huge
+  if not c._state then
+    local ok = c.process:kill()
+    if ok and not c._ctx_err then c._ctx_err = errors.ErrWaitDelay end
+  end
+  for _, t in ipairs(c._tasks) do
+    if not t.done then
+      t.done = true
+      t.fd:close()
+      c._io_err = errors.ErrWaitDelay
+    end
+  end
+end
+
 -- drive(cmds, deadline) -> true | nil, err: services the I/O tasks of every cmd and
 -- reaps every process, until all processes exited and all I/O reached its end. One loop
--- for all, so a pipeline's stages never wait on each other through Lua.
+-- for all, so a pipeline's stages never wait on each other through Lua. A command's
+-- context and wait_delay are watched here too.
 local function drive(cmds, deadline)
   local list = {}
   while true do
-    local n = 0
+    local n, nopidfd, d = 0, false, deadline
+    local now = core.now()
     for _, c in ipairs(cmds) do
-      local live = 0
+      local ctx = c.ctx
+      if ctx and not c._canceled and not c._state and ctx:done() then on_context_done(c) end
+      if c._delay_at and now >= c._delay_at then on_delay_expired(c) end
       for _, t in ipairs(c._tasks) do
         if not t.done then
           if service(t) then t.done = true
-          else
-            live = live + 1
-            list[n + 1], list[n + 2] = t.fd:getfd(), t.ev
-            n = n + 2
-          end
+          else list[n + 1], list[n + 2] = t.fd:getfd(), t.ev; n = n + 2 end
         end
       end
       if not c._state then
         local st, err = c.process:try_wait()
         if st == nil then return nil, err end
-        if st then c._state = st
+        if st then
+          c._state = st
+          -- wait_delay also bounds the I/O left once the process has exited
+          if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
         else
           local pidfd = c.process._p:pidfd()
           if pidfd >= 0 then list[n + 1], list[n + 2] = pidfd, "r"; n = n + 2
-          else list.nopidfd = true end
+          else nopidfd = true end
+          if ctx and not c._canceled then
+            local cfd = ctx:pollfd()
+            if cfd >= 0 then list[n + 1], list[n + 2] = cfd, "r"; n = n + 2 end
+            local extra = package.loaded["tether.context"] and package.loaded["tether.context"]._wait_fds
+            if extra then
+              local more = extra()
+              for j = 1, #more do list[n + j] = more[j] end
+              n = n + #more
+            end
+            local cd = ctx:deadline()
+            if cd and (not d or cd < d) then d = cd end
+          end
         end
       end
+      local busy = not c._state
+      for _, t in ipairs(c._tasks) do if not t.done then busy = true end end
+      if busy and c._delay_at and (not d or c._delay_at < d) then d = c._delay_at end
     end
-    if n == 0 and not list.nopidfd then return true end
+    if n == 0 and not nopidfd then return true end
     for j = #list, n + 1, -1 do list[j] = nil end
-    local d = deadline
-    if list.nopidfd then -- no pidfd (old kernel): look at the process again soon
-      list.nopidfd = nil
+    if nopidfd then -- no pidfd (old kernel): look at the process again soon
       local soon = core.now() + 0.005
       if not d or soon < d then d = soon end
     end
-    local ready = false
-    if n > 0 then ready = wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
-    if ready == false and deadline and core.now() >= deadline then
+    if n > 0 then wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
+    if deadline and core.now() >= deadline then
       return nil, errors.from_errno("wait", nil, E.ETIMEDOUT)
     end
   end
 end
 
--- Ends a wait: closes pipes, records the state, returns the command's result.
+-- Ends a wait: closes pipes, records the state, returns the command's result, in Go's
+-- order: the exit status, then the context's error (or ErrWaitDelay), then I/O errors.
 local function finish(self)
   self._waited = true
   local tasks = self._tasks
@@ -704,10 +803,16 @@ local function finish(self)
   self:_close_pipes()
   local state = self._state
   self.process_state = state
+  if not state:success() then
+    local err = exit_error(state)
+    err.err = self._ctx_err -- a cancelled command's ExitError also is(context.Canceled)
+    return nil, err
+  end
+  if self._ctx_err then return nil, self._ctx_err end
+  if self._io_err then return nil, self._io_err end
   for _, t in ipairs(tasks) do
     if t.err then return nil, t.err end
   end
-  if not state:success() then return nil, exit_error(state) end
   return true
 end
 
@@ -765,7 +870,7 @@ end
 --- cmd:output() -> stdout as a string | nil, err [, partial output].
 -- stdout and stderr are drained concurrently, so no size deadlocks. When
 -- cmd.stderr is nil, a failing command's ExitError carries err.stderr (the last
--- 32 KiB kept). cmd.max_output bounds what is kept (head and tail halves) and
+-- first and last 16 KiB kept). cmd.max_output bounds what is kept (head and tail halves) and
 -- sets cmd.truncated.
 function Cmd:output() return capture(self, false) end
 

@@ -77,7 +77,7 @@ function tether.set_waiter(fn)
   wait.waiter = fn
 end
 
-local submodules = { exec = true, errors = true, env = true }
+local submodules = { exec = true, errors = true, env = true, signal = true, context = true }
 
 return setmetatable(tether, {
   __index = function(t, k)

@@ -1,0 +1,245 @@
+-- install_spec.lua: rockspec/tether-scm-1.rockspec installs the C core and
+-- every Lua module, and a fresh interpreter that sees only that tree can
+-- require tether from it.
+--
+-- The build runs in a temporary copy of rockspec/, src/ and lua/ (LuaRocks'
+-- builtin backend writes src/*.o and tether/core.so into its working
+-- directory, which must not happen in the checkout), into a temporary tree
+-- that is removed afterwards. The interpreter is $TETHER_LUA (set by
+-- `make test`), else lua5.4; LuaRocks is asked for the same Lua version.
+
+local LUA = os.getenv("TETHER_LUA") or "lua5.4"
+local ROCKSPEC = "rockspec/tether-scm-1.rockspec"
+
+local function shquote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+-- Runs a shell command; returns its exit status (a number) and its combined
+-- stdout and stderr. Works on Lua 5.1 too (no status from io.popen there).
+local function sh(cmd)
+  local p = assert(io.popen("( " .. cmd .. " ) 2>&1 </dev/null; echo \"__status=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local status = tonumber(out:match("__status=(%d+)%s*$"))
+  out = out:gsub("__status=%d+%s*$", "")
+  return status, out
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+-- The repository root: this file is <root>/spec/install_spec.lua.
+local ROOT do
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  local dir = src:match("^(.*)/[^/]*$") or "."
+  local status, out = sh("cd " .. shquote(dir .. "/..") .. " && pwd -P")
+  assert(status == 0, out)
+  ROOT = out:gsub("%s+$", "")
+end
+
+-- "5.4", "5.3", "5.1" (LuaJIT says 5.1), from the interpreter itself.
+local function lua_version()
+  local status, out = sh(LUA .. " -e " .. shquote("io.write((_VERSION:match('%d+%.%d+')))"))
+  if status == 0 and out:match("^%d+%.%d+$") then return out end
+  return "5.4"
+end
+
+-- The rockspec, evaluated as LuaRocks does (a chunk of assignments).
+local function load_rockspec(path)
+  local env = {}
+  local chunk, err
+  if setfenv then
+    chunk, err = loadfile(path)
+    if chunk then setfenv(chunk, env) end
+  else
+    chunk, err = loadfile(path, "t", env)
+  end
+  assert(chunk, err)
+  chunk()
+  return env
+end
+
+local function lines_of(cmd)
+  local status, out = sh(cmd)
+  assert(status == 0, out)
+  local t = {}
+  for line in out:gmatch("[^\n]+") do t[#t + 1] = line end
+  table.sort(t)
+  return t
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
+describe("rockspec/tether-scm-1.rockspec", function()
+  it("lists every C file in src/ as a source of tether.core", function()
+    local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
+    local core = spec.build.modules["tether.core"]
+    local listed = {}
+    for _, s in ipairs(core.sources) do listed[#listed + 1] = s end
+    table.sort(listed)
+    assert.are.same(lines_of("cd " .. shquote(ROOT) .. " && ls src/*.c"), listed)
+  end)
+
+  it("maps every Lua file under lua/tether/ to its module name", function()
+    local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
+    local want = {}
+    for _, file in ipairs(lines_of("cd " .. shquote(ROOT) .. " && find lua/tether -name '*.lua'")) do
+      local name = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/", "."):gsub("%.init$", "")
+      want[name] = file
+    end
+    local got = {}
+    for name, v in pairs(spec.build.modules) do
+      if type(v) == "string" then got[name] = v end
+    end
+    assert.are.same(want, got)
+  end)
+
+  it("declares the package, version, license and Lua dependency", function()
+    local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
+    assert.are.equal("tether", spec.package)
+    assert.are.equal("scm-1", spec.version)
+    assert.are.equal("MIT", spec.description.license)
+    assert.are.equal("builtin", spec.build.type)
+    assert.are.same({ "lua >= 5.1" }, spec.dependencies)
+  end)
+
+  if sh("command -v luarocks >/dev/null") ~= 0 then
+    pending("luarocks is not installed (apt-get install luarocks): `luarocks make --tree` not checked")
+    return
+  end
+
+  describe("installed with `luarocks make --tree DIR`", function()
+    local version = lua_version()
+    local tmp, tree, build_status, build_log
+
+    lazy_setup(function()
+      local status, out = sh("mktemp -d \"${TMPDIR:-/tmp}/tether-install.XXXXXX\"")
+      assert(status == 0, out)
+      out = out:gsub("%s+$", "")
+      status, tmp = sh("cd " .. shquote(out) .. " && pwd -P")
+      assert(status == 0, tmp)
+      tmp = tmp:gsub("%s+$", "")
+      tree = tmp .. "/tree"
+      -- A copy of what the rockspec builds from, so no build product lands
+      -- in the checkout.
+      status, out = sh("mkdir " .. shquote(tmp .. "/src-copy") ..
+        " && cd " .. shquote(ROOT) ..
+        " && cp -R rockspec src lua " .. shquote(tmp .. "/src-copy/"))
+      assert(status == 0, out)
+      -- LuaRocks is itself a Lua program: keep make test's LUA_PATH (which
+      -- points into the checkout) away from it and from the build.
+      build_status, build_log = sh(
+        "cd " .. shquote(tmp .. "/src-copy") ..
+        " && env -u LUA_PATH -u LUA_CPATH -u LUA_INIT" ..
+        " -u LUA_PATH_5_2 -u LUA_CPATH_5_2 -u LUA_PATH_5_3 -u LUA_CPATH_5_3" ..
+        " -u LUA_PATH_5_4 -u LUA_CPATH_5_4" ..
+        " luarocks --lua-version=" .. version .. " make " .. ROCKSPEC ..
+        " --tree " .. shquote(tree))
+    end)
+
+    lazy_teardown(function()
+      if tmp and tmp:match("/tether%-install%.[%w]+$") then
+        sh("rm -rf " .. shquote(tmp))
+      end
+    end)
+
+    it("builds and installs without an error", function()
+      assert(build_status == 0, "luarocks make failed:\n" .. tostring(build_log))
+    end)
+
+    it("puts tether.core and every Lua module in the tree", function()
+      assert(build_status == 0, "luarocks make failed:\n" .. tostring(build_log))
+      local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
+      local missing = {}
+      for _, name in ipairs(sorted_keys(spec.build.modules)) do
+        local rel = name:gsub("%.", "/")
+        local file
+        if type(spec.build.modules[name]) == "string" then
+          local init = spec.build.modules[name]:match("/init%.lua$")
+          file = tree .. "/share/lua/" .. version .. "/" .. rel .. (init and "/init.lua" or ".lua")
+        else
+          file = tree .. "/lib/lua/" .. version .. "/" .. rel .. ".so"
+        end
+        if not exists(file) then missing[#missing + 1] = file end
+      end
+      assert.are.same({}, missing)
+    end)
+
+    it("lets an interpreter whose paths name only the tree require tether and tether.exec", function()
+      assert(build_status == 0, "luarocks make failed:\n" .. tostring(build_log))
+      local script = tmp .. "/check.lua"
+      local f = assert(io.open(script, "w"))
+      f:write([=[
+local t = require "tether"
+local exec = require "tether.exec"
+assert(type(t) == "table", "require 'tether' gave " .. type(t))
+assert(type(exec.command) == "function", "tether.exec has no command()")
+assert(package.loaded["tether.core"], "tether.core was not loaded by the Lua layer")
+local searchpath = package.searchpath or function(name, path)
+  name = name:gsub("%.", "/")
+  for pattern in path:gmatch("[^;]+") do
+    local file = pattern:gsub("%?", name)
+    local fh = io.open(file, "rb")
+    if fh then fh:close() return file end
+  end
+end
+print("core " .. tostring(searchpath("tether.core", package.cpath)))
+print("tether " .. tostring(searchpath("tether", package.path)))
+print("tether.exec " .. tostring(searchpath("tether.exec", package.path)))
+print("exec.command " .. (debug.getinfo(exec.command, "S").source:gsub("^@", "")))
+-- The shared object actually mapped into this process.
+for line in io.lines("/proc/self/maps") do
+  local file = line:match("%s(/%S*tether/core%.so)$")
+  if file then print("mapped " .. file) end
+end
+local out, err = exec.command("sh", "-c", "echo installed"):output()
+print("output " .. tostring(out and out:gsub("\n", "") or err))
+]=])
+      f:close()
+
+      local share = tree .. "/share/lua/" .. version
+      local lib = tree .. "/lib/lua/" .. version
+      local status, out = sh(
+        "cd " .. shquote(tmp) ..
+        " && env -u LUA_INIT -u LUA_INIT_5_2 -u LUA_INIT_5_3 -u LUA_INIT_5_4" ..
+        " -u LUA_PATH_5_2 -u LUA_CPATH_5_2 -u LUA_PATH_5_3 -u LUA_CPATH_5_3" ..
+        " -u LUA_PATH_5_4 -u LUA_CPATH_5_4" ..
+        " LUA_PATH=" .. shquote(share .. "/?.lua;" .. share .. "/?/init.lua") ..
+        " LUA_CPATH=" .. shquote(lib .. "/?.so") ..
+        " " .. LUA .. " " .. shquote(script))
+      assert(status == 0, "the installed tether failed to load:\n" .. out)
+
+      local seen = {}
+      for line in out:gmatch("[^\n]+") do
+        local key, value = line:match("^([%w.]+) (.*)$")
+        if key then
+          seen[key] = seen[key] or {}
+          table.insert(seen[key], value)
+        end
+      end
+      assert.are.same({ lib .. "/tether/core.so" }, seen.core)
+      assert.are.same({ share .. "/tether/init.lua" }, seen.tether)
+      assert.are.same({ share .. "/tether/exec.lua" }, seen["tether.exec"])
+      -- exec.command is Lua from the tree, or C from the tree's core.
+      local src = seen["exec.command"][1]
+      assert(src == "=[C]" or src:sub(1, #share + 1) == share .. "/",
+        "exec.command comes from " .. src)
+      assert.is_table(seen.mapped, "tether/core.so is not mapped into the child:\n" .. out)
+      for _, file in ipairs(seen.mapped) do
+        assert.are.equal(lib .. "/tether/core.so", file)
+      end
+      assert.are.same({ "installed" }, seen.output)
+      assert.is_nil(out:find(ROOT .. "/build/", 1, true), "loaded from the checkout's build/:\n" .. out)
+      assert.is_nil(out:find(ROOT .. "/lua/", 1, true), "loaded from the checkout's lua/:\n" .. out)
+    end)
+  end)
+end)
