@@ -30,6 +30,7 @@ export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 export TETHER_LUA := $(LUA_BIN)
 export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
+export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
 
 .PHONY: all deps test demo clean install
 
@@ -61,7 +62,13 @@ $(BUILD)/sigexec: spec/helpers/sigexec.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -o $@ $<
 
-test: $(CORE) $(BUILD)/sigexec
+# A spec helper: a Lua C module installing a counting signal handler, standing for a host
+# program's own handler (spec/helpers/hosthandler.c).
+$(BUILD)/spec/hosthandler.so: spec/helpers/hosthandler.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -fPIC -shared $(LUA_CFLAGS) -o $@ $<
+
+test: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so
 	@mkdir -p $(BUILD)
 	@$(LUA_BIN) /usr/bin/busted -o TAP spec > $(BUILD)/test.tap 2>$(BUILD)/test.err; rc=$$?; \
 	  cat $(BUILD)/test.tap; cat $(BUILD)/test.err >&2; \

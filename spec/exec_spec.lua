@@ -295,6 +295,10 @@ describe("an argument the OS cannot take", function()
         local c = touching(); c.env = { ["A=B"] = "1" }; return c end },
     { "a NUL in dir", "dir", function()
         local c = touching(); c.dir = "/tmp\0x"; return c end },
+    { "an extra_files entry that is no fd (with pipes to make)", "extra_files", function()
+        local c = touching(); c.stdin = "x"; c.stdout = {}; c.extra_files = { "bad" }; return c end },
+    { "a negative fd as stdout", "stdout", function()
+        local c = touching(); c.stdin = "x"; c.stdout = -1; return c end },
   }
   for _, case in ipairs(cases) do
     local what, word, make = case[1], case[2], case[3]

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 
 typedef struct { int fd; } tfd;
 
@@ -91,6 +92,35 @@ static int fd_notify(lua_State *L) {
   uint64_t one = 1;
   while (write(f->fd, &one, sizeof one) < 0 && errno == EINTR) {}
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* epoll_set({fd1, ev1, fd2, ev2, ...}) -> an O_CLOEXEC epoll fd watching every pair (level
+ * triggered), readable when any is ready: lets a waiter that takes one fd wait on many.
+ * Or nil, errno. Negative fds are skipped. */
+static int fd_epoll_set(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)lua_rawlen(L, 1) / 2;
+  tfd *f = new_fd(L);
+  f->fd = epoll_create1(EPOLL_CLOEXEC);
+  if (f->fd < 0) return tether_fail(L, errno);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, 2 * i + 1);
+    lua_rawgeti(L, 1, 2 * i + 2);
+    int fd = (int)lua_tointeger(L, -2);
+    const char *ev = lua_tostring(L, -1);
+    lua_pop(L, 2);
+    if (fd < 0) continue;
+    struct epoll_event e = { .events = 0, .data.u32 = (uint32_t)i };
+    if (ev && strchr(ev, 'r')) e.events |= EPOLLIN;
+    if (ev && strchr(ev, 'w')) e.events |= EPOLLOUT;
+    if (epoll_ctl(f->fd, EPOLL_CTL_ADD, fd, &e) < 0 && errno != EEXIST) {
+      int err = errno;
+      close(f->fd);
+      f->fd = -1;
+      return tether_fail(L, err);
+    }
+  }
   return 1;
 }
 
@@ -210,7 +240,7 @@ static const luaL_Reg fd_methods[] = {
 };
 
 static const luaL_Reg fd_funcs[] = {
-  {"pipe", fd_pipe}, {"open_null", fd_open_null}, {"eventfd", fd_eventfd}, {"dup", fd_dup}, {"fileno", fd_fileno},
+  {"pipe", fd_pipe}, {"open_null", fd_open_null}, {"eventfd", fd_eventfd}, {"epoll_set", fd_epoll_set}, {"dup", fd_dup}, {"fileno", fd_fileno},
   {NULL, NULL},
 };
 

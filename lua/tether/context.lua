@@ -525,6 +525,9 @@ function Context:pollfd()
 end
 
 --- ctx:events() -> "r": pollfd() is to be waited on for reading.
+-- For tether.wait_any: a context is ready once done.
+function Context:_ready() return self:done() end
+
 function Context:events()
   return "r"
 end

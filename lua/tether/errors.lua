@@ -169,6 +169,15 @@ end
 -- directory`), or `op: strerror(errno)` when path is nil; fields op, path,
 -- errno, code (e.g. "ENOENT") and step (nil when not given).
 -- Raises when errno is not a number.
+--- timeout(op [, path]) -> an error for a wait that ran out of time:
+-- message `op: i/o timeout` (Go's wording), errno ETIMEDOUT, so that
+-- err:is(errors.ErrTimeout) holds.
+function M.timeout(op, path)
+  local e = M.from_errno(op, path, core().errno.ETIMEDOUT)
+  e.err = M.ErrTimeout
+  return e
+end
+
 function M.from_errno(op, path, errno, step)
   if type(errno) ~= "number" then
     argerror(3, "from_errno", "number expected, got " .. type(errno))

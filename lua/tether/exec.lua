@@ -209,11 +209,11 @@ function Process:wait(timeout)
     local fd = self._p:pidfd()
     if fd >= 0 then
       if not wait.wait(fd, "r", deadline) then
-        return nil, errors.from_errno("wait", tostring(self.pid), E.ETIMEDOUT)
+        return nil, errors.timeout("wait", tostring(self.pid))
       end
     else -- no pidfd (old kernel): poll with backoff
       if deadline and core.now() >= deadline then
-        return nil, errors.from_errno("wait", tostring(self.pid), E.ETIMEDOUT)
+        return nil, errors.timeout("wait", tostring(self.pid))
       end
       require("tether").sleep(backoff)
       backoff = math.min(backoff * 2, 0.05)
@@ -226,6 +226,7 @@ function Process:release() self._p:release() end
 
 --- process:pollfd() -> the pidfd (readable once the process exited); events() -> "r"; timeout() -> nil.
 function Process:pollfd() return self._p:pidfd() end
+function Process:_ready() return self:try_wait() ~= false end
 function Process:events() return "r" end
 function Process:timeout() return nil end
 
@@ -324,7 +325,7 @@ function Reader:read(fmt, timeout)
     end
     local ok, err = fill(self, deadline)
     if ok == nil then return nil, err end
-    if ok == false then return nil, errors.from_errno("read", nil, E.ETIMEDOUT) end
+    if ok == false then return nil, errors.timeout("read", nil) end
   end
 end
 
@@ -345,6 +346,9 @@ end
 
 --- reader:pollfd(), events() -> "r", timeout() -> nil: the cqueues pollable protocol.
 function Reader:pollfd() return self._fd and self._fd:getfd() or -1 end
+function Reader:_ready()
+  return self._pending ~= nil or self._eof or not self._fd or core.poll(self._fd, "r", 0) == true
+end
 function Reader:events() return "r" end
 function Reader:timeout() return nil end
 Reader.__gc = Reader.close
@@ -789,7 +793,7 @@ local function drive(cmds, deadline)
     end
     if n > 0 then wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
     if deadline and core.now() >= deadline then
-      return nil, errors.from_errno("wait", nil, E.ETIMEDOUT)
+      return nil, errors.timeout("wait", nil)
     end
   end
 end

@@ -70,11 +70,105 @@ end
 -- fn(fd, events, timeout) (fd an integer, events "r"/"w"/"rw", timeout
 -- seconds or nil; fd -1 means "just sleep"), e.g. to yield in a coroutine
 -- scheduler. nil restores the default: poll(2) in this thread.
-function tether.set_waiter(fn)
+-- on_close(fd), when given, is called before tether closes an fd it gave the
+-- waiter (the waiter is only ever given private epoll fds); for waiters.cqueues
+-- it is cqueues.cancel.
+function tether.set_waiter(fn, on_close)
   if fn ~= nil and type(fn) ~= "function" then
     error("bad argument #1 to 'set_waiter' (function or nil expected)", 2)
   end
+  if on_close ~= nil and type(on_close) ~= "function" then
+    error("bad argument #2 to 'set_waiter' (function or nil expected)", 2)
+  end
+  if fn ~= nil and fn == tether.waiters.cqueues and on_close == nil then
+    on_close = function(fd) require("cqueues").cancel(fd) end
+  end
   wait.waiter = fn
+  wait.on_close = fn and on_close or nil
+end
+
+-- get(o, k) -> o:k() when a method, else the field (the cqueues pollable protocol allows both).
+local function get(o, k)
+  local v = o[k]
+  if type(v) == "function" then return v(o) end
+  return v
+end
+
+-- ready(o) -> whether o can be taken now without blocking.
+local function ready(o)
+  if type(o._ready) == "function" then return o:_ready() end
+  local t = get(o, "timeout")
+  if t and t <= 0 then return true end
+  local fd = get(o, "pollfd")
+  return type(fd) == "number" and fd >= 0 and core.poll(fd, get(o, "events") or "r", 0) == true
+end
+
+--- wait_any(list [, timeout | ctx]) -> index, object | nil, err.
+-- Waits until one of the waitables in list (Process, Reader, Writer, signal
+-- channel, Context, or anything with pollfd/events/timeout) is ready and
+-- returns the first ready one. A timeout that runs out gives
+-- err:is(errors.ErrTimeout); a done context gives its error.
+function tether.wait_any(list, limit)
+  if type(list) ~= "table" then
+    error("bad argument #1 to 'wait_any' (list of waitables expected, got " .. type(list) .. ")", 2)
+  end
+  for i, o in ipairs(list) do
+    if (type(o) ~= "table" and type(o) ~= "userdata") or o.pollfd == nil then
+      error(("bad argument #1 to 'wait_any' (element %d is not waitable)"):format(i), 2)
+    end
+  end
+  local ctx, deadline
+  if type(limit) == "table" then ctx = limit; deadline = ctx:deadline()
+  elseif limit ~= nil then deadline = wait.deadline(limit) end
+  while true do
+    for i, o in ipairs(list) do
+      if ready(o) then return i, o end
+    end
+    if ctx and ctx:done() then return nil, ctx:err() end
+    if deadline and core.now() >= deadline then
+      return nil, require("tether.errors").timeout("wait_any")
+    end
+    local pairs_, d = {}, deadline
+    local function add(fd, ev)
+      if type(fd) == "number" and fd >= 0 then pairs_[#pairs_ + 1] = fd; pairs_[#pairs_ + 1] = ev or "r" end
+    end
+    for _, o in ipairs(list) do
+      add(get(o, "pollfd"), get(o, "events"))
+      local t = get(o, "timeout")
+      if t then t = core.now() + t; if not d or t < d then d = t end end
+    end
+    if ctx then add(ctx:pollfd(), "r") end
+    local context = package.loaded["tether.context"]
+    if context and context._wait_fds then
+      local more = context._wait_fds()
+      for j = 1, #more do pairs_[#pairs_ + 1] = more[j] end
+    end
+    if #pairs_ == 0 then
+      if not d then error("wait_any: nothing to wait for", 2) end
+      tether.sleep(math.max(0, d - core.now()))
+    else
+      wait.wait_many(pairs_, d)
+    end
+  end
+end
+
+--- waiters: ready-made waiters for set_waiter.
+-- waiters.cqueues yields to the cqueues controller when called inside a
+-- cqueues coroutine (and blocks in poll(2) otherwise).
+tether.waiters = {}
+
+function tether.waiters.cqueues(fd, events, timeout)
+  local cqueues = require "cqueues"
+  if not cqueues.running() then
+    if fd >= 0 then core.poll(fd, events, timeout and core.now() + timeout)
+    elseif timeout then core.sleep_until(core.now() + timeout) end
+    return
+  end
+  if fd < 0 then
+    if timeout then cqueues.sleep(timeout) else cqueues.poll() end
+    return
+  end
+  cqueues.poll({ pollfd = fd, events = events, timeout = timeout })
 end
 
 local submodules = { exec = true, errors = true, env = true, signal = true, context = true }

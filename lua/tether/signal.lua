@@ -162,13 +162,14 @@ function Channel:recv(limit)
       v = pop(self)
       if v then return v end
       if ctx and ctx:done() then return nil, ctx:err() end
-      return nil, errors.from_errno("recv", nil, core.errno.ETIMEDOUT)
+      return nil, errors.timeout("recv", nil)
     end
   end
 end
 
 --- ch:pollfd() -> the signal self-pipe's fd; events() -> "r"; timeout() -> nil.
 function Channel:pollfd() return core.signal_fd() end
+function Channel:_ready() pump(); return self.first <= self.last end
 function Channel:events() return "r" end
 function Channel:timeout() if self.first <= self.last then return 0 end return nil end
 

@@ -4,40 +4,56 @@
 -- ready, wait on (fd, events, deadline)". The wait goes through here, so a
 -- replaced waiter (tether.set_waiter) changes how all of tether blocks.
 -- Deadlines are absolute seconds on tether.now()'s monotonic clock; nil
--- means no deadline.
+-- means no deadline. A waiter returning early is harmless: callers retry.
 local core = require "tether.core"
 
 local M = {}
 
 --- The current waiter: nil means poll(2) in this thread.
 M.waiter = nil
+--- Called with an fd the waiter was given, just before tether closes it (cqueues.cancel).
+M.on_close = nil
 
---- wait(fd, events, deadline) -> true when fd is ready, false at the deadline.
--- fd is an integer (or anything tether takes as an fd); events "r", "w" or "rw".
+-- Waits through the custom waiter on a private epoll fd watching every pair in list:
+-- the waiter never sees an fd whose life tether does not control.
+local function custom_wait(list, deadline)
+  local ep, err = core.epoll_set(list)
+  if not ep then error("tether: epoll failed: " .. core.strerror(err)) end
+  local fd = ep:getfd()
+  local ok, perr = pcall(M.waiter, fd, "r", deadline and math.max(0, deadline - core.now()) or nil)
+  if M.on_close then M.on_close(fd) end
+  ep:close()
+  if not ok then error(perr, 0) end
+end
+
+--- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline.
+-- fd is an integer; events "r", "w" or "rw".
 function M.wait(fd, events, deadline)
-  local w = M.waiter
-  if w then
-    local timeout = deadline and math.max(0, deadline - core.now()) or nil
-    w(fd, events, timeout)
-    -- The caller retries its step anyway; only report the deadline.
+  if M.waiter then
+    custom_wait({ fd, events }, deadline)
     return not deadline or core.now() < deadline or core.poll(fd, events, 0) == true
   end
   local ok, err = core.poll(fd, events, deadline)
-  if ok == nil then error("tether: poll failed: errno " .. tostring(err)) end
+  if ok == nil then error("tether: poll failed: " .. core.strerror(err)) end
   return ok
 end
 
---- wait_many(list, deadline) -> index of a ready pair, or false at the deadline.
--- list is {fd1, ev1, fd2, ev2, ...}; the index counts pairs from 1.
+--- wait_many(list, deadline) -> index of a ready pair (counting pairs from 1), 0 when a
+-- custom waiter woke without a ready fd, or false at the deadline.
+-- list is {fd1, ev1, fd2, ev2, ...}. A custom waiter takes one fd: it is given an
+-- epoll fd watching them all.
 function M.wait_many(list, deadline)
-  if M.waiter and #list == 2 then
-    return M.wait(list[1], list[2], deadline) and 1 or false
+  local w = M.waiter
+  if not w then
+    local i, err = core.poll_many(list, deadline)
+    if i == nil then error("tether: poll failed: " .. core.strerror(err)) end
+    return i
   end
-  -- A custom waiter that takes one fd at a time cannot wait on several;
-  -- poll(2) serves until tether.waiters learn an epoll set (the signals issue).
-  local i, err = core.poll_many(list, deadline)
-  if i == nil then error("tether: poll failed: errno " .. tostring(err)) end
-  return i
+  custom_wait(list, deadline)
+  local i = core.poll_many(list, 0)
+  if i then return i end
+  if deadline and core.now() >= deadline then return false end
+  return 0
 end
 
 --- deadline(timeout) -> absolute deadline for a timeout in seconds (nil stays nil).
