@@ -226,9 +226,15 @@ describe("reaping", function()
     tether.sleep(0.1)
     assert.is_nil(util.stat_of(pid))
     local ok, how, code = p:close()
-    assert.is_nil(ok)
-    assert.are.equal("exit", how)
-    assert.are.equal(7, code)
+    if how == nil then
+      -- Lua 5.1 and LuaJIT only say whether pclose(3) could reap the shell: it could,
+      -- so tether did not take it.
+      assert.is_true(ok)
+    else
+      assert.is_nil(ok)
+      assert.are.equal("exit", how)
+      assert.are.equal(7, code)
+    end
   end)
 end)
 

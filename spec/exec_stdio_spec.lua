@@ -320,7 +320,7 @@ describe("stdio", function()
       local pid = cmd.process.pid
       for _ = 1, 1000 do -- until the child has exited (zombie or reaped)
         local f = io.open("/proc/" .. pid .. "/stat")
-        local s = f and f:read("a")
+        local s = f and f:read("*a")
         if f then f:close() end
         if not s or s:match("^%%d+ %%b() (%%a)") == "Z" then break end
         os.execute("sleep 0.01")

@@ -401,7 +401,7 @@ describe("ignore, ignored and reset", function()
     -- Go: a signal ignored when the program started stays ignored after Stop.
     local out, err, code = util.lua_run([[
       local signal = require "tether.signal"
-      local s = function() return io.open("/proc/self/status"):read("a"):match("SigIgn:%s*(%x+)") end
+      local s = function() return io.open("/proc/self/status"):read("*a"):match("SigIgn:%s*(%x+)") end
       local before = s()
       local ch = signal.channel()
       signal.notify(ch, "HUP")
@@ -431,7 +431,7 @@ describe("notify_context", function()
     local fired = 0
     context.after_func(ctx, function() fired = fired + 1 end)
     io.write("ready\n"); io.stdout:flush()
-    io.read("l") -- the parent has sent its SIGINTs
+    io.read("*l") -- the parent has sent its SIGINTs
     io.write("done: ", tostring(ctx:wait(5)), "\n")
     tether.sleep(0.2) -- more signals would be noticed here
     ctx:done()

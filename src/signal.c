@@ -128,6 +128,8 @@ static int sig_watch(lua_State *L) {
 static int restore(int sig) {
   if (!touched[sig]) return 0;
   if (sigaction(sig, &original[sig], NULL) < 0) return errno;
+  /* Let go entirely: what the host installs from now on is the next "original". */
+  touched[sig] = 0;
   watching[sig] = 0;
   memset(&chained[sig], 0, sizeof chained[sig]);
   return 0;

@@ -20,10 +20,11 @@ local function custom_wait(list, deadline)
   local ep, err = core.epoll_set(list)
   if not ep then error("tether: epoll failed: " .. core.strerror(err)) end
   local fd = ep:getfd()
-  local ok, perr = pcall(M.waiter, fd, "r", deadline and math.max(0, deadline - core.now()) or nil)
+  -- No pcall around the waiter: it may yield, and Lua 5.1 cannot yield across pcall.
+  -- Should it raise, the epoll fd is closed by its finalizer.
+  M.waiter(fd, "r", deadline and math.max(0, deadline - core.now()) or nil)
   if M.on_close then M.on_close(fd) end
   ep:close()
-  if not ok then error(perr, 0) end
 end
 
 --- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline.

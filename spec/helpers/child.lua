@@ -73,14 +73,24 @@ end
 
 function modes.cat()
   watchdog(60)
-  -- "*L" keeps the newline (5.2+, LuaJIT); plain 5.1 falls back to blocks.
-  local fmt = (_VERSION ~= "Lua 5.1" or jit) and "*L" or 4096
-  while true do
-    local s = io.read(fmt)
-    if not s then break end
-    io.write(s)
-    io.stdout:flush()
+  -- "*L" keeps the newline (5.2+, LuaJIT). Plain 5.1 has no "*L" and a block read
+  -- waits for a full block, so it copies byte by byte, flushing at each newline.
+  if _VERSION ~= "Lua 5.1" or jit then
+    while true do
+      local s = io.read("*L")
+      if not s then break end
+      io.write(s)
+      io.stdout:flush()
+    end
+    return
   end
+  while true do
+    local c = io.read(1)
+    if not c then break end
+    io.write(c)
+    if c == "\n" then io.stdout:flush() end
+  end
+  io.stdout:flush()
 end
 
 function modes.exit(n)

@@ -1,0 +1,23 @@
+-- Case 3 (tether): exec.command("head", "-c", BYTES, "/dev/zero"):output().
+-- args: BYTES N. prints MB/s (1 MB = 1e6 bytes) over N captures; to stderr, the peak RSS
+-- (VmHWM) above the RSS before the first capture, in KiB and in multiples of BYTES.
+package.path = arg[0]:match("(.*/)") .. "?.lua;" .. package.path
+local C = require "tether_common"
+local exec = require "tether.exec"
+local bytes, n = arg[1] or "268435456", tonumber(arg[2]) or 3
+local size = tonumber(bytes)
+collectgarbage()
+local base = C.status_kb("VmRSS")
+local t0, total = C.now(), 0
+for _ = 1, n do
+  local out = assert(exec.command("head", "-c", bytes, "/dev/zero"):output())
+  if #out ~= size then error("short: " .. #out) end
+  total = total + #out
+  out = nil
+  collectgarbage()
+end
+local rate = total / (C.now() - t0) / 1e6
+local hwm = C.status_kb("VmHWM")
+io.stderr:write(string.format("tether-rss base_kb=%d hwm_kb=%d above_kb=%d above_x_output=%.2f\n",
+  base, hwm, hwm - base, (hwm - base) * 1024 / size))
+print(string.format("%.1f", rate))

@@ -1,0 +1,91 @@
+-- The examples run as smoke tests: each is a child process with a bounded
+-- time; it must exit 0 and print its key lines.
+-- Issue #3 acceptance point 7 (and examples/tour.lua from the foundation).
+local util = require "helpers.util"
+
+-- Runs examples/<name> with env assignments (a shell prefix) under `timeout`;
+-- returns stdout, stderr, exit code.
+local function run_example(name, env, seconds)
+  local errf = os.tmpname()
+  local cmd = string.format("cd %s && %s timeout -s KILL %d %s %s 2>%s",
+    util.shquote(util.root), env or "", seconds or 30, util.shquote(util.lua()),
+    util.shquote("examples/" .. name), util.shquote(errf))
+  local out, code = util.sh(cmd)
+  local err = util.readfile(errf) or ""
+  os.remove(errf)
+  return out, err, code
+end
+
+-- Asserts that each pattern (plain text) occurs in out, in this order.
+local function assert_lines_in_order(out, texts)
+  local pos = 1
+  for _, text in ipairs(texts) do
+    local s, e = out:find(text, pos, true)
+    assert(s, ("%q missing (or out of order) in the output:\n%s"):format(text, out))
+    pos = e + 1
+  end
+end
+
+after_each(function()
+  assert.are.equal(0, util.zombies_of(), "zombie children left behind")
+end)
+
+describe("examples", function()
+  it("tour.lua runs and shows each part", function()
+    local out, err, code = run_example("tour.lua", nil, 30)
+    assert.are.equal(0, code, err)
+    assert_lines_in_order(out, {
+      "kernel: Linux",
+      "sorted: apple", "sorted: fig", "sorted: pear",
+      "missing program -> ", "is ErrNotFound:\ttrue",
+      "failing command -> ", "exit_code=3", "disk full",
+      "bad dir -> ", "step=chdir, code=ENOENT",
+      "pipeline -> 2 line(s), 3 stages, all ok: true",
+      "busy loop -> exit 0",
+    })
+  end)
+
+  it("graceful_shutdown.lua stops its worker cleanly on SIGTERM", function()
+    local out, err, code = run_example("graceful_shutdown.lua", "TETHER_DEMO_SIGNAL_AFTER=0.5", 30)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      "worker: tick 1",
+      "main: received signal SIGTERM: shutting down",
+      "main: sending SIGTERM to the worker, grace 2 s",
+      "worker: got SIGTERM, finishing",
+      "worker: bye",
+      "main: worker exited cleanly (exit 0)",
+      "main: wait returned context canceled",
+      "main: done",
+    })
+  end)
+
+  it("graceful_shutdown.lua kills a worker that ignores SIGTERM once the grace ran out", function()
+    local out, err, code = run_example("graceful_shutdown.lua",
+      "TETHER_DEMO_SIGNAL_AFTER=0.5 TETHER_DEMO_STUBBORN=1", 30)
+    assert.are.equal(0, code, err)
+    assert_lines_in_order(out, {
+      "main: received signal SIGTERM: shutting down",
+      "main: sending SIGTERM to the worker, grace 2 s",
+      "main: worker killed by SIGKILL after",
+      "main: wait returned signal: killed",
+      "main: done",
+    })
+    assert.is_nil(out:find("worker: bye", 1, true))
+  end)
+
+  it("timeout_kill.lua sends SIGTERM at the deadline and SIGKILL after the grace", function()
+    local out, err, code = run_example("timeout_kill.lua", nil, 30)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      "starting a child with a 1 s timeout and 1 s of grace",
+      "child: started, ignoring SIGTERM",
+      "deadline passed: sending SIGTERM",
+      "child ended: signal: killed",
+      "killed by: SIGKILL",
+      "context: context deadline exceeded; err is DeadlineExceeded: true",
+    })
+  end)
+end)
