@@ -117,3 +117,17 @@ check-asan:
 	  if ls $(ASAN_BUILD)/report.* >/dev/null 2>&1; then \
 	    echo "sanitizer reports:"; cat $(ASAN_BUILD)/report.*; [ $$rc = 0 ] && rc=1; fi; \
 	  $(LUA_BIN) scripts/tap-summary.lua $(ASAN_BUILD)/test.tap $$rc
+
+# make bench: tether side by side with the peers in ../shared/bench/peers (bench/README.md).
+# As root, first installs the peers' optional toolchains; a peer whose toolchain is missing
+# is skipped with a note. BENCH_CASES="1 3" runs some cases only; REPS=3 by default.
+BENCH_PKGS := golang-go lua-luv python3 lua5.3 lua-posix strace time
+.PHONY: bench
+bench: $(CORE)
+	@if [ "$$(id -u)" = 0 ]; then missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing (optional peers):$$missing"; \
+	    (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing) >/dev/null 2>&1 || \
+	      echo "could not install:$$missing (those peers are skipped)"; fi; fi
+	@LUA_BIN=$(LUA_BIN) bash bench/run.sh $(BENCH_CASES)

@@ -233,9 +233,9 @@ casesys() {
   echo "#### Syscalls per spawn (strace -c over 1000 spawns of /bin/true, minus 0 spawns, / 1000)"
   echo
   if ! has strace; then note "strace missing: syscall counts skipped (Debian: strace)"; return; fi
-  local -a progs=("tether exec.command():run()" "C vfork+execve+waitpid")
-  local -a cmds=("$LUA_BIN $HERE/tether_spawn.lua" "./c_spawn_vfork")
-  peer c_spawn_vfork || { progs=("${progs[0]}"); cmds=("${cmds[0]}"); }
+  local -a progs=("tether exec.command():run()") cmds=("$LUA_BIN $HERE/tether_spawn.lua")
+  peer c_spawn_vfork && progs+=("C vfork+execve+waitpid (the floor)") cmds+=("./c_spawn_vfork")
+  peer c_spawn_posix_spawn && progs+=("C posix_spawn+waitpid (glibc)") cmds+=("./c_spawn_posix_spawn")
   local i f
   echo "| program | parent: syscalls/spawn | parent, by syscall | with -f (child too): syscalls/spawn |"
   echo "|---|---:|---|---:|"

@@ -138,7 +138,7 @@ describe("stdio", function()
   }
   for fd = 0, 2 do
     for _, kind in ipairs(kinds) do
-      local label, value, target = unpack(kind)
+      local label, value, target = kind[1], kind[2], kind[3] -- kind has a hole: no unpack
       it(names[fd] .. " = " .. label .. " gives the child " .. (target or "the parent's fd " .. fd), function()
         local report = fd == 1 and 2 or 1 -- the fd the child reports on
         -- $(...) forks, so $$ stays the shell whose fds are the child's.

@@ -7,7 +7,9 @@
 #include <lualib.h>
 
 #if LUA_VERSION_NUM < 502
+#ifndef luaL_newlib /* LuaJIT has it */
 #define luaL_newlib(L, l) (lua_newtable(L), luaL_register(L, NULL, l))
+#endif
 #define lua_rawlen(L, i) lua_objlen(L, i)
 #define luaL_setfuncs(L, l, n) luaL_register(L, NULL, l)
 static inline void *tether_testudata(lua_State *L, int i, const char *tname) {
