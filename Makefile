@@ -5,6 +5,10 @@ ifeq ($(LUA),luajit)
   LUA_BIN ?= luajit
   LUA_PC  ?= luajit
   LUA_PKGS ?= luajit libluajit-5.1-dev
+else ifeq ($(LUA),5.1)
+  LUA_BIN ?= lua5.1
+  LUA_PC  ?= lua5.1
+  LUA_PKGS ?= lua5.1 liblua5.1-0-dev
 else
   LUA_BIN ?= lua$(LUA)
   LUA_PC  ?= lua$(LUA)
@@ -24,7 +28,7 @@ LUA_CFLAGS = $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
 LDFLAGS += -shared -pthread
 
 # What make test and make demo need, from Debian's packages.
-DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem
+DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -32,7 +36,7 @@ export TETHER_LUA := $(LUA_BIN)
 export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
 export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
 
-.PHONY: all deps test demo clean install
+.PHONY: all deps test test-all demo clean install
 
 all: $(CORE)
 
@@ -73,6 +77,12 @@ test: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so
 	@$(LUA_BIN) /usr/bin/busted -o TAP spec > $(BUILD)/test.tap 2>$(BUILD)/test.err; rc=$$?; \
 	  cat $(BUILD)/test.tap; cat $(BUILD)/test.err >&2; \
 	  $(LUA_BIN) scripts/tap-summary.lua $(BUILD)/test.tap $$rc
+
+# The suite on every Lua tether supports; fails when any fails.
+test-all:
+	@rc=0; for v in 5.4 5.3 5.1 luajit; do \
+	  echo "== Lua $$v"; $(MAKE) --no-print-directory test LUA=$$v || rc=1; \
+	done; exit $$rc
 
 demo: $(CORE)
 	$(LUA_BIN) examples/tour.lua

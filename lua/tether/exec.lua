@@ -196,25 +196,25 @@ function Process:try_wait()
   return nil, errors.from_errno("wait", tostring(self.pid), errno)
 end
 
---- process:wait([timeout]) -> ProcessState | nil, err. Waits for the process to
--- exit and reaps it. With a timeout that runs out: nil, err:is(errors.ErrTimeout);
--- the process is left running and a later wait still returns its status.
-function Process:wait(timeout)
-  local deadline = wait.deadline(timeout)
+--- process:wait([timeout | ctx]) -> ProcessState | nil, err. Waits for the process
+-- to exit and reaps it. A timeout that runs out gives err:is(errors.ErrTimeout), a
+-- done ctx its error; the process is left running and a later wait still returns
+-- its status.
+function Process:wait(limit)
+  local deadline, ctx = wait.limit(limit)
   local backoff = 0.001
   while true do
     local st, err = self:try_wait()
     if st then return st end
     if st == nil then return nil, err end
+    if ctx and ctx:done() then return nil, ctx:err() end
     local fd = self._p:pidfd()
+    if deadline and core.now() >= deadline then
+      return nil, errors.timeout("wait", tostring(self.pid))
+    end
     if fd >= 0 then
-      if not wait.wait(fd, "r", deadline) then
-        return nil, errors.timeout("wait", tostring(self.pid))
-      end
+      wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
     else -- no pidfd (old kernel): poll with backoff
-      if deadline and core.now() >= deadline then
-        return nil, errors.timeout("wait", tostring(self.pid))
-      end
       require("tether").sleep(backoff)
       backoff = math.min(backoff * 2, 0.05)
     end
@@ -261,11 +261,11 @@ local service -- services one I/O task of a command (defined with Cmd below)
 -- Waits until fd is ready for ev, meanwhile servicing the other I/O of the command
 -- that owns the pipe (a string fed to stdin, sinks): a caller reading stdout before
 -- wait() must not deadlock on a child blocked writing stderr or reading stdin.
-local function wait_pipe(pipe, fd, ev, deadline)
+local function wait_pipe(pipe, fd, ev, deadline, ctx)
   local tasks = pipe._cmd and pipe._cmd._tasks
-  if not tasks then return wait.wait(fd, ev, deadline) end
-  local list = { fd, ev }
-  for _, t in ipairs(tasks) do
+  if not tasks and not ctx then return wait.wait(fd, ev, deadline) end
+  local list = wait.add_ctx({ fd, ev }, ctx)
+  for _, t in ipairs(tasks or {}) do
     if not t.done then
       if service(t) then t.done = true
       else list[#list + 1], list[#list + 2] = t.fd:getfd(), t.ev end
@@ -278,7 +278,7 @@ end
 local function closed_error() return errors.new { op = "read", msg = "read: file already closed" } end
 
 -- Reads one chunk into self._pending (non-empty) or marks EOF; false at the deadline.
-local function fill(self, deadline)
+local function fill(self, deadline, ctx)
   while true do
     local fd = self._fd
     if not fd then return nil, closed_error() end
@@ -289,18 +289,23 @@ local function fill(self, deadline)
       return true
     end
     if data == nil then return nil, io_error("read", errno) end
-    if not wait_pipe(self, fd:getfd(), "r", deadline) then return false end
+    if ctx and ctx:done() then return nil, ctx:err() end
+    if not wait_pipe(self, fd:getfd(), "r", deadline, ctx) then
+      if ctx and ctx:done() then return nil, ctx:err() end
+      return false
+    end
   end
 end
 
---- reader:read([fmt [, timeout]]) -> data | nil at end of file | nil, err.
+--- reader:read([fmt [, timeout | ctx]]) -> data | nil at end of file | nil, err.
 -- fmt: a number n (up to n bytes, as soon as any are available), "a" (all
 -- until EOF, "" at EOF), "l" (a line without its newline), "L" (with it).
--- Default "l". With a timeout that runs out: nil, err:is(errors.ErrTimeout).
-function Reader:read(fmt, timeout)
+-- Default "l". A timeout that runs out gives err:is(errors.ErrTimeout), a done
+-- ctx its error; what was read so far stays buffered for the next read.
+function Reader:read(fmt, limit)
   fmt = fmt or "l"
   if type(fmt) == "string" then fmt = fmt:gsub("^%*", ""):sub(1, 1) end
-  local deadline = wait.deadline(timeout)
+  local deadline, ctx = wait.limit(limit)
   while true do
     local p = self._pending
     if fmt == "a" then
@@ -323,7 +328,7 @@ function Reader:read(fmt, timeout)
     else
       error("bad argument #1 to 'read' (invalid format)", 2)
     end
-    local ok, err = fill(self, deadline)
+    local ok, err = fill(self, deadline, ctx)
     if ok == nil then return nil, err end
     if ok == false then return nil, errors.timeout("read", nil) end
   end
@@ -741,9 +746,10 @@ end
 -- reaps every process, until all processes exited and all I/O reached its end. One loop
 -- for all, so a pipeline's stages never wait on each other through Lua. A command's
 -- context and wait_delay are watched here too.
-local function drive(cmds, deadline)
+local function drive(cmds, deadline, wctx)
   local list = {}
   while true do
+    if wctx and wctx:done() then return nil, wctx:err() end
     local n, nopidfd, d = 0, false, deadline
     local now = core.now()
     for _, c in ipairs(cmds) do
@@ -787,12 +793,14 @@ local function drive(cmds, deadline)
     end
     if n == 0 and not nopidfd then return true end
     for j = #list, n + 1, -1 do list[j] = nil end
+    if wctx then wait.add_ctx(list, wctx); n = #list end
     if nopidfd then -- no pidfd (old kernel): look at the process again soon
       local soon = core.now() + 0.005
       if not d or soon < d then d = soon end
     end
     if n > 0 then wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
     if deadline and core.now() >= deadline then
+      if wctx and wctx:done() then return nil, wctx:err() end
       return nil, errors.timeout("wait", nil)
     end
   end
@@ -825,17 +833,17 @@ local function check_waitable(self)
   if self._waited then return state_error("exec: Wait was already called") end
 end
 
---- cmd:wait([timeout]) -> true | nil, err. Waits for the command to exit and
+--- cmd:wait([timeout | ctx]) -> true | nil, err. Waits for the command to exit and
 -- for its I/O (stdin string, function/table sinks) to finish, then closes the
 -- pipes. A non-zero exit or a signal gives an ExitError: err.exit_code,
 -- err.signal ("SIGKILL" or nil), err.state; cmd.process_state is set either way.
--- A timeout that runs out returns nil, err:is(errors.ErrTimeout) and leaves the
--- command running: a later wait still returns its real status.
+-- A timeout that runs out returns nil, err:is(errors.ErrTimeout) (a done ctx: its
+-- error) and leaves the command running: a later wait still returns its real status.
 -- State errors: "exec: not started", "exec: Wait was already called".
-function Cmd:wait(timeout)
+function Cmd:wait(limit)
   local serr = check_waitable(self)
   if serr then return nil, serr end
-  local ok, err = drive({ self }, wait.deadline(timeout))
+  local ok, err = drive({ self }, wait.limit(limit))
   if not ok then return nil, err end
   return finish(self)
 end

@@ -10,18 +10,38 @@ local tether = { _VERSION = "tether scm" }
 --- now() -> seconds on tether's monotonic clock (CLOCK_MONOTONIC).
 tether.now = core.now
 
---- sleep(seconds): sleeps this long; signals do not cut it short.
+--- sleep(seconds [, ctx]) -> true | nil, err: sleeps this long; signals do not
+-- cut it short. With ctx, returns nil, ctx:err() as soon as ctx is done.
 -- With a custom waiter, the waiter does the sleeping (it may yield).
-function tether.sleep(seconds)
+function tether.sleep(seconds, ctx)
   if type(seconds) ~= "number" or seconds ~= seconds then
     error("bad argument #1 to 'sleep' (number expected, got " .. type(seconds) .. ")", 2)
   end
   local deadline = core.now() + math.max(0, seconds)
+  if ctx ~= nil then
+    if type(ctx) ~= "table" or type(ctx.done) ~= "function" then
+      error("bad argument #2 to 'sleep' (context expected, got " .. type(ctx) .. ")", 2)
+    end
+    while not ctx:done() do
+      local list = wait.add_ctx({}, ctx)
+      local d = deadline
+      local cd = ctx:deadline()
+      if cd and cd < d then d = cd end
+      if core.now() >= deadline then return true end
+      if #list == 0 then
+        core.sleep_until(d)
+      else
+        wait.wait_many(list, d)
+      end
+    end
+    return nil, ctx:err()
+  end
   if wait.waiter then
     while core.now() < deadline do wait.waiter(-1, "r", deadline - core.now()) end
   else
     core.sleep_until(deadline)
   end
+  return true
 end
 
 --- pid() -> this process's id.  ppid() -> its parent's id.

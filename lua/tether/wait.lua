@@ -57,11 +57,33 @@ function M.wait_many(list, deadline)
   return 0
 end
 
+--- limit(x) -> deadline, ctx: a blocking call's last argument, either a timeout in
+-- seconds or a context (then its deadline, if any). nil gives no limit.
+function M.limit(x)
+  if type(x) == "table" and type(x.done) == "function" and type(x.err) == "function" then
+    return x:deadline(), x
+  end
+  return M.deadline(x), nil
+end
+
+--- add_ctx(list, ctx): adds the fds that wake a wait for ctx (its eventfd, signals).
+function M.add_ctx(list, ctx)
+  if not ctx then return list end
+  local fd = ctx:pollfd()
+  if fd >= 0 then list[#list + 1] = fd; list[#list + 1] = "r" end
+  local context = package.loaded["tether.context"]
+  if context and context._wait_fds then
+    local more = context._wait_fds()
+    for j = 1, #more do list[#list + 1] = more[j] end
+  end
+  return list
+end
+
 --- deadline(timeout) -> absolute deadline for a timeout in seconds (nil stays nil).
 function M.deadline(timeout)
   if timeout == nil then return nil end
   if type(timeout) ~= "number" or timeout ~= timeout then
-    error("timeout must be a number of seconds", 3)
+    error("timeout must be a number of seconds or a context", 3)
   end
   return core.now() + math.max(0, timeout)
 end
