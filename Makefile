@@ -4,7 +4,8 @@ LUA ?= 5.4
 ifeq ($(LUA),luajit)
   LUA_BIN ?= luajit
   LUA_PC  ?= luajit
-  LUA_PKGS ?= luajit libluajit-5.1-dev
+  # OpenResty's LuaJIT branch: Debian's nginx Lua module needs it, and it conflicts with luajit.
+  LUA_PKGS ?= luajit2 libluajit2-5.1-dev
 else ifeq ($(LUA),5.1)
   LUA_BIN ?= lua5.1
   LUA_PC  ?= lua5.1
@@ -28,7 +29,8 @@ LUA_CFLAGS = $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
 LDFLAGS += -shared -pthread
 
 # What make test and make demo need, from Debian's packages.
-DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix
+DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix \
+  nginx libnginx-mod-http-lua curl lua-check cppcheck
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -74,9 +76,11 @@ $(BUILD)/spec/hosthandler.so: spec/helpers/hosthandler.c | deps
 
 test: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so
 	@mkdir -p $(BUILD)
-	@$(LUA_BIN) /usr/bin/busted -o TAP spec > $(BUILD)/test.tap 2>$(BUILD)/test.err; rc=$$?; \
-	  cat $(BUILD)/test.tap; cat $(BUILD)/test.err >&2; \
-	  $(LUA_BIN) scripts/tap-summary.lua $(BUILD)/test.tap $$rc
+	@tap=$(BUILD)/test.$$$$.tap; \
+	  $(LUA_BIN) /usr/bin/busted -o TAP spec > $$tap 2>$$tap.err; rc=$$?; \
+	  cat $$tap; cat $$tap.err >&2; \
+	  $(LUA_BIN) scripts/tap-summary.lua $$tap $$rc; src=$$?; \
+	  mv -f $$tap $(BUILD)/test.tap; rm -f $$tap.err; exit $$src
 
 # The suite on every Lua tether supports; fails when any fails.
 test-all:

@@ -118,7 +118,6 @@ struct child_args {
   gid_t gid;
   gid_t *groups;
   int ngroups;
-  unsigned max_fd;       /* fallback bound when close_range is missing */
   int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
   volatile int err;
   volatile int step;
@@ -208,7 +207,9 @@ static int child_main(void *arg) {
   }
   /* Nothing else is inherited, whatever the host left without O_CLOEXEC. */
   if (syscall(SYS_close_range, (unsigned)a->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-    for (unsigned fd = (unsigned)a->nfds; fd < a->max_fd; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    struct rlimit rl; /* kernel < 5.11: mark each possible fd */
+    unsigned max_fd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536) ? (unsigned)rl.rlim_cur : 65536;
+    for (unsigned fd = (unsigned)a->nfds; fd < max_fd; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
   }
 
   if (a->set_groups && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0) { step = STEP_SETGROUPS; goto fail; }
@@ -324,9 +325,7 @@ static int proc_spawn(lua_State *L) {
     a.set_groups = 1;
     a.ngroups = 0;
   }
-  struct rlimit rl;
-  a.max_fd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536) ? (unsigned)rl.rlim_cur : 65536;
-  a.parent_pid = getpid();
+  if (a.pdeathsig) a.parent_pid = getpid();
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
   if (!memory_is_shared()) {
@@ -337,10 +336,10 @@ static int proc_spawn(lua_State *L) {
   /* The object exists before the child does: no Lua error can strand a child. */
   tproc *p = new_proc(L);
 
-  /* The child runs on this buffer while this thread is suspended (as musl does). */
-  static const size_t stack_size = 32768;
-  char *stack = lua_newuserdatauv(L, stack_size + 64, 0);
-  char *top = (char *)(((uintptr_t)(stack + stack_size)) & ~(uintptr_t)63);
+  /* The child runs on this buffer, on this thread's stack, while this thread is
+   * suspended by CLONE_VFORK (as musl does): no allocation per spawn. */
+  char stack[32768] __attribute__((aligned(64)));
+  char *top = stack + sizeof stack;
 
   sigset_t all, old;
   sigfillset(&all);
@@ -386,7 +385,7 @@ static int proc_spawn(lua_State *L) {
   p->pid = pid;
   p->pidfd = pidfd;
   p->owned = 1;
-  lua_pushvalue(L, -2); /* the process */
+  /* the process is on top of the stack */
   return 1;
 }
 

@@ -180,7 +180,7 @@ static int sig_take(lua_State *L) {
     return 1;
   }
   unsigned char buf[256];
-  while (read(pipe_r, buf, sizeof buf) > 0) {}
+  while (read(pipe_r, buf, sizeof buf) == (ssize_t)sizeof buf) {} /* a short read drained it */
   lua_newtable(L);
   int any = 0;
   for (int s = 1; s < NSIG; s++) {

@@ -687,7 +687,7 @@ function service(task)
   local sink = task.sink
   for _ = 1, 16 do -- bounded, so one busy stream cannot starve the others
     if is_buffer(sink) then
-      local n, errno = sink:read_from(fd, CHUNK)
+      local n, errno = sink:read_from(fd, PIPE_SIZE) -- straight into the buffer, a pipeful at a time
       if n == 0 then fd:close(); return true end
       if n == false then return false end
       if n == nil then task.err = io_error("read", errno); fd:close(); return true end

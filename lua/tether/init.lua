@@ -191,6 +191,30 @@ function tether.waiters.cqueues(fd, events, timeout)
   cqueues.poll({ pollfd = fd, events = events, timeout = timeout })
 end
 
+--- waiters.ngx(fd, events, timeout): waits inside nginx (lua-nginx-module /
+-- OpenResty) without blocking the worker: checks fd without blocking, and
+-- while it is not ready yields with ngx.sleep, backing off from 1 ms to 50 ms,
+-- until it is ready or timeout (seconds; nil = no limit) runs out. fd -1 just
+-- sleeps for timeout. Use it where ngx.sleep may yield (content, access,
+-- rewrite, ngx.timer phases); inside ngx.run_worker_thread keep the default.
+function tether.waiters.ngx(fd, events, timeout)
+  local sleep = ngx.sleep
+  if fd < 0 then
+    sleep(timeout or 0.05)
+    return
+  end
+  local deadline = timeout and core.now() + timeout
+  local backoff = 0.001
+  while true do
+    local ok = core.poll(fd, events, core.now())
+    if ok ~= false then return end -- ready, or a poll error the caller will see
+    local left = deadline and deadline - core.now()
+    if left and left <= 0 then return end
+    sleep(left and math.min(backoff, left) or backoff)
+    backoff = math.min(backoff * 2, 0.05)
+  end
+end
+
 local submodules = { exec = true, errors = true, env = true, signal = true, context = true }
 
 return setmetatable(tether, {

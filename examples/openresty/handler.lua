@@ -1,0 +1,35 @@
+--- examples/openresty/handler.lua: tether inside an nginx request handler.
+--
+-- tether.waiters.ngx makes every tether wait yield to nginx (ngx.sleep with
+-- backoff), so a request running a command does not block the worker's other
+-- requests. See docs/openresty.md and nginx.conf next to this file.
+local tether = require "tether"
+local exec = require "tether.exec"
+
+local M = {}
+
+-- GET /run: runs `sleep 1`, then `sh -c 'echo ...; exit 3'`, and reports both.
+function M.run()
+  tether.set_waiter(tether.waiters.ngx)
+
+  local t0 = tether.now()
+  local sleep = exec.command("sleep", "1")
+  local ok, err = sleep:run()
+  if not ok then
+    ngx.status = 500
+    ngx.say("sleep failed: ", tostring(err))
+    return
+  end
+  ngx.say("sleep exit=", sleep.process_state:exit_code(),
+    (" took=%.1f"):format(tether.now() - t0))
+
+  -- A failing command: output() returns nil, an ExitError and what it printed.
+  local out, cerr, partial = exec.command("sh", "-c", "echo hello from tether; exit 3"):output()
+  if out then
+    ngx.say("sh exit=0 output=", out)
+  else
+    ngx.say("sh exit=", tostring(cerr.exit_code), " output=", ((partial or ""):gsub("\n$", "")))
+  end
+end
+
+return M
