@@ -91,6 +91,21 @@ test-all:
 demo: $(CORE)
 	$(LUA_BIN) examples/tour.lua
 
+# make lint: luacheck (.luacheckrc) on the Lua code, cppcheck on the C core.
+.PHONY: lint doc-coverage
+lint:
+	@command -v luacheck >/dev/null || { echo "luacheck is missing (Debian: lua-check)"; exit 1; }
+	@command -v cppcheck >/dev/null || { echo "cppcheck is missing (Debian: cppcheck)"; exit 1; }
+	@rc=0; luacheck -q --no-color lua spec examples scripts || rc=1; \
+	  cppcheck -q --force --std=c11 --enable=warning,performance,portability --error-exitcode=1 \
+	    --inline-suppr --config-exclude=/usr/include $(LUA_CFLAGS) -I src src || rc=1; \
+	  if [ $$rc = 0 ]; then echo "lint: luacheck and cppcheck clean"; fi; exit $$rc
+
+# make doc-coverage: fails when a public function (lua/tether/*.lua, or registered by
+# the C core) has no reference in docs/ (scripts/doc-coverage.lua).
+doc-coverage:
+	@$(LUA_BIN) scripts/doc-coverage.lua
+
 # make install [PREFIX=/usr/local] [DESTDIR=]: tether.core and the Lua modules
 # where this Lua's default package.path and package.cpath look.
 PREFIX ?= /usr/local

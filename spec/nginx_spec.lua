@@ -201,6 +201,11 @@ describe("tether in nginx (waiters.ngx)", function()
     assert.is_truthy(seen.run_body:match("sh exit=3 output=hello from tether\n"), seen.run_body)
   end)
 
+  it("runs a command in nginx's thread pool (ngx.run_worker_thread, default waiter)", function()
+    local body = capture("curl -sS -m 10 " .. q(url .. "/thread") .. " 2>&1")
+    assert.are.equal("from a worker thread\n", body)
+  end)
+
   it("leaves the worker's SigCgt and nginx's own processes alone", function()
     assert.is_truthy(seen.alive_after, "the worker died")
     assert.are.equal(seen.workers, seen.workers_after, "the master's children changed")

@@ -1,6 +1,15 @@
 /* process.c - spawn (clone with CLONE_VM|CLONE_VFORK|CLONE_PIDFD), pidfd-backed processes
  * (tether.process), non-blocking reaping with wait4, and background reaping of processes
- * whose Lua objects were collected without wait. Never waitpid(-1). */
+ * whose Lua objects were collected without wait. Never waitpid(-1).
+ *
+ * Children start as "clone children" (exit signal 0): until execve, which makes the
+ * exit signal SIGCHLD again, a host's waitpid(-1) cannot take them and a failed exec
+ * sends the host no SIGCHLD. tether waits with __WALL; the pidfd becomes readable at exit.
+ *
+ * The child guard (guard_children): a host whose SIGCHLD handler reaps with waitpid(-1)
+ * (nginx's workers) would take the status of tether's children. With the guard on,
+ * SIGCHLD is blocked in the spawning thread while guarded children live, and unblocked
+ * once tether has reaped the last one; the host's handler then finds nothing of ours. */
 #include "tether.h"
 
 #include <errno.h>
@@ -33,6 +42,7 @@ typedef struct {
   pid_t pid;       /* -1 until spawned */
   int pidfd;       /* -1 when none (old kernel, reaped or released) */
   int owned;       /* spawned by tether: reaped in the background when collected */
+  int guarded;     /* counted by the child guard until reaped or released */
   int reaped;      /* the status below is final */
   int released;    /* handed to the background reaper */
   int status;
@@ -81,7 +91,7 @@ void tether_reap_orphans(void) {
   size_t n = atomic_load(&orphan_count);
   for (size_t i = 0; i < n;) {
     int st;
-    pid_t r = waitpid(orphans[i], &st, WNOHANG);
+    pid_t r = waitpid(orphans[i], &st, WNOHANG | __WALL);
     if (r == orphans[i] || (r < 0 && errno == ECHILD)) orphans[i] = orphans[--n];
     else i++;
   }
@@ -89,6 +99,32 @@ void tether_reap_orphans(void) {
   if (n == 0) { free(orphans); orphans = NULL; orphan_cap = 0; }
   pthread_mutex_unlock(&orphan_lock);
   errno = saved;
+}
+
+/* ---- the child guard ------------------------------------------------------------------ */
+
+static int guard_on;
+static int guard_live; /* guarded children not yet reaped; touched by the Lua thread only */
+
+static void guard_mask(int how) {
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  pthread_sigmask(how, &chld, NULL);
+}
+
+static void guard_done(tproc *p) {
+  if (!p->guarded) return;
+  p->guarded = 0;
+  if (--guard_live == 0) guard_mask(SIG_UNBLOCK);
+}
+
+/* guard_children(on) -> previous setting. See the file comment. */
+static int proc_guard_children(lua_State *L) {
+  int on = lua_toboolean(L, 1);
+  lua_pushboolean(L, guard_on);
+  guard_on = on;
+  return 1;
 }
 
 /* ---- spawn --------------------------------------------------------------------------- */
@@ -137,10 +173,10 @@ static int memory_is_shared(void) {
   if (v >= 0) return v;
   static char stack[4096] __attribute__((aligned(64)));
   volatile int flag = 0;
-  pid_t pid = clone(probe_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)&flag);
+  pid_t pid = clone(probe_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK, (void *)&flag);
   if (pid > 0) {
     int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {}
   }
   v = flag == 1;
   atomic_store(&vm_shared, v);
@@ -348,10 +384,10 @@ static int proc_spawn(lua_State *L) {
   if (inherit_env) { tether_env_lock(); a.envp = environ; }
 
   int pidfd = -1;
-  pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &a, &pidfd);
+  pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
   if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
     pidfd = -1;
-    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK, &a);
     if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
   }
   int clone_err = errno;
@@ -375,7 +411,7 @@ static int proc_spawn(lua_State *L) {
   }
   if (a.err) { /* the child reported a failure and exited: reap it now */
     int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {}
     if (pidfd >= 0) close(pidfd);
     lua_pushnil(L);
     lua_pushinteger(L, a.err);
@@ -385,6 +421,10 @@ static int proc_spawn(lua_State *L) {
   p->pid = pid;
   p->pidfd = pidfd;
   p->owned = 1;
+  if (guard_on) {
+    if (guard_live++ == 0) guard_mask(SIG_BLOCK);
+    p->guarded = 1;
+  }
   /* the process is on top of the stack */
   return 1;
 }
@@ -422,12 +462,17 @@ static int proc_try_wait(lua_State *L) {
   if (p->released || p->pid < 0) return tether_fail(L, ECHILD);
   int st;
   pid_t r;
-  do r = wait4(p->pid, &st, WNOHANG, &p->ru); while (r < 0 && errno == EINTR);
+  do r = wait4(p->pid, &st, WNOHANG | __WALL, &p->ru); while (r < 0 && errno == EINTR);
   if (r == 0) { lua_pushboolean(L, 0); return 1; }
-  if (r < 0) return tether_fail(L, errno);
+  if (r < 0) {
+    int e = errno;
+    if (e == ECHILD) guard_done(p); /* gone: someone else reaped it */
+    return tether_fail(L, e);
+  }
   p->status = st;
   p->reaped = 1;
   drop_pidfd(p);
+  guard_done(p);
   push_state(L, p);
   return 1;
 }
@@ -456,11 +501,12 @@ static int proc_release(lua_State *L) {
   tproc *p = check_proc(L, 1);
   if (p->owned && !p->reaped && !p->released && p->pid > 0) {
     int st;
-    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    pid_t r = waitpid(p->pid, &st, WNOHANG | __WALL);
     if (r == 0) orphan_add(p->pid);
   }
   p->released = 1;
   drop_pidfd(p);
+  guard_done(p); /* nobody will ask for its status any more */
   return 0;
 }
 
@@ -497,7 +543,8 @@ static const luaL_Reg proc_methods[] = {
 };
 
 static const luaL_Reg proc_funcs[] = {
-  {"spawn", proc_spawn}, {"find_process", proc_find}, {"kill", proc_kill}, {NULL, NULL},
+  {"spawn", proc_spawn}, {"find_process", proc_find}, {"kill", proc_kill},
+  {"guard_children", proc_guard_children}, {NULL, NULL},
 };
 
 void tether_open_process(lua_State *L) {

@@ -32,4 +32,27 @@ function M.run()
   end
 end
 
+-- Runs in a thread of nginx's thread pool (ngx.run_worker_thread): that thread has its
+-- own Lua VM without ngx.sleep, so tether keeps its default waiter and blocks the
+-- pool thread only, never the event loop. Returns plain values (they cross VMs by copy).
+function M.in_thread(...)
+  local out, err = exec.command(...):output()
+  if not out then return nil, tostring(err) end
+  return out
+end
+
+-- GET /thread: runs `echo from a worker thread` in the thread pool.
+function M.thread()
+  local ok, out, err = ngx.run_worker_thread("tether", "handler", "in_thread", "echo", "from a worker thread")
+  if not ok then
+    ngx.status = 500
+    ngx.say("run_worker_thread failed: ", tostring(out))
+  elseif not out then
+    ngx.status = 500
+    ngx.say("command failed: ", tostring(err))
+  else
+    ngx.print(out)
+  end
+end
+
 return M

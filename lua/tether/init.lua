@@ -105,6 +105,17 @@ function tether.set_waiter(fn, on_close)
   end
   wait.waiter = fn
   wait.on_close = fn and on_close or nil
+  -- nginx workers reap every child in their SIGCHLD handler: guard tether's.
+  core.guard_children(fn ~= nil and fn == tether.waiters.ngx)
+end
+
+--- guard_children(on) -> previous setting. With the guard on, SIGCHLD is blocked
+-- in this thread while tether's children live, so a host whose SIGCHLD handler
+-- reaps with waitpid(-1) (nginx workers, some C hosts) cannot take their exit
+-- status; it is unblocked as soon as tether reaped its last child. Turned on by
+-- set_waiter(waiters.ngx). Off by default: only named signals are touched.
+function tether.guard_children(on)
+  return core.guard_children(on and true or false)
 end
 
 -- get(o, k) -> o:k() when a method, else the field (the cqueues pollable protocol allows both).
