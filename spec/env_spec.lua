@@ -1,6 +1,5 @@
 -- tether.env: the process environment behind one lock.
 local env = require "tether.env"
-local errors = require "tether.errors"
 local core = require "tether.core"
 
 -- Puts back an environment saved with env.environ().

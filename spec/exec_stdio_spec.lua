@@ -1,7 +1,6 @@
 -- tether.exec: the child's stdio, captured output and the fds it inherits.
 -- Issue #2 acceptance points 6, 7, 8.
 local exec = require "tether.exec"
-local errors = require "tether.errors"
 local tether = require "tether"
 local util = require "helpers.util"
 

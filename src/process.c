@@ -7,9 +7,10 @@
  * sends the host no SIGCHLD. tether waits with __WALL; the pidfd becomes readable at exit.
  *
  * The child guard (guard_children): a host whose SIGCHLD handler reaps with waitpid(-1)
- * (nginx's workers) would take the status of tether's children. With the guard on,
- * SIGCHLD is blocked in the spawning thread while guarded children live, and unblocked
- * once tether has reaped the last one; the host's handler then finds nothing of ours. */
+ * (nginx's workers) would take the status of tether's children, whichever thread started
+ * them. With the guard on, SIGCHLD stays blocked in the thread that turned it on (the
+ * host's event loop; other threads of such hosts block it already), so the host's handler
+ * never runs while it is on; tether reaps its own children through their pidfds. */
 #include "tether.h"
 
 #include <errno.h>
@@ -42,7 +43,6 @@ typedef struct {
   pid_t pid;       /* -1 until spawned */
   int pidfd;       /* -1 when none (old kernel, reaped or released) */
   int owned;       /* spawned by tether: reaped in the background when collected */
-  int guarded;     /* counted by the child guard until reaped or released */
   int reaped;      /* the status below is final */
   int released;    /* handed to the background reaper */
   int status;
@@ -104,26 +104,19 @@ void tether_reap_orphans(void) {
 /* ---- the child guard ------------------------------------------------------------------ */
 
 static int guard_on;
-static int guard_live; /* guarded children not yet reaped; touched by the Lua thread only */
 
-static void guard_mask(int how) {
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  pthread_sigmask(how, &chld, NULL);
-}
-
-static void guard_done(tproc *p) {
-  if (!p->guarded) return;
-  p->guarded = 0;
-  if (--guard_live == 0) guard_mask(SIG_UNBLOCK);
-}
-
-/* guard_children(on) -> previous setting. See the file comment. */
+/* guard_children(on) -> previous setting. See the file comment: on blocks SIGCHLD in the
+ * calling thread (the host's event loop thread) until the guard is turned off. */
 static int proc_guard_children(lua_State *L) {
   int on = lua_toboolean(L, 1);
   lua_pushboolean(L, guard_on);
-  guard_on = on;
+  if (on != guard_on) {
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    pthread_sigmask(on ? SIG_BLOCK : SIG_UNBLOCK, &chld, NULL);
+    guard_on = on;
+  }
   return 1;
 }
 
@@ -421,10 +414,6 @@ static int proc_spawn(lua_State *L) {
   p->pid = pid;
   p->pidfd = pidfd;
   p->owned = 1;
-  if (guard_on) {
-    if (guard_live++ == 0) guard_mask(SIG_BLOCK);
-    p->guarded = 1;
-  }
   /* the process is on top of the stack */
   return 1;
 }
@@ -466,13 +455,11 @@ static int proc_try_wait(lua_State *L) {
   if (r == 0) { lua_pushboolean(L, 0); return 1; }
   if (r < 0) {
     int e = errno;
-    if (e == ECHILD) guard_done(p); /* gone: someone else reaped it */
     return tether_fail(L, e);
   }
   p->status = st;
   p->reaped = 1;
   drop_pidfd(p);
-  guard_done(p);
   push_state(L, p);
   return 1;
 }
@@ -506,7 +493,6 @@ static int proc_release(lua_State *L) {
   }
   p->released = 1;
   drop_pidfd(p);
-  guard_done(p); /* nobody will ask for its status any more */
   return 0;
 }
 

@@ -856,7 +856,7 @@ function Cmd:run()
 end
 
 -- Captures stdout (and stderr into `combined`) into tether buffers and runs.
-local function capture(self, combined, fname)
+local function capture(self, combined)
   if self.stdout ~= nil then return nil, state_error("exec: Stdout already set") end
   if combined and self.stderr ~= nil then return nil, state_error("exec: Stderr already set") end
   local out = core.buffer(self.max_output)

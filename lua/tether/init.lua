@@ -109,10 +109,12 @@ function tether.set_waiter(fn, on_close)
   core.guard_children(fn ~= nil and fn == tether.waiters.ngx)
 end
 
---- guard_children(on) -> previous setting. With the guard on, SIGCHLD is blocked
--- in this thread while tether's children live, so a host whose SIGCHLD handler
--- reaps with waitpid(-1) (nginx workers, some C hosts) cannot take their exit
--- status; it is unblocked as soon as tether reaped its last child. Turned on by
+--- guard_children(on) -> previous setting. With the guard on, SIGCHLD stays
+-- blocked in this thread (the host's event-loop thread) until the guard is
+-- turned off, so a host whose SIGCHLD handler reaps with waitpid(-1) (nginx
+-- workers, some C hosts) cannot take the exit status of tether's children,
+-- whichever thread started them; tether reaps them through their pidfds. The
+-- host's own SIGCHLD handler does not run meanwhile. Turned on by
 -- set_waiter(waiters.ngx). Off by default: only named signals are touched.
 function tether.guard_children(on)
   return core.guard_children(on and true or false)
