@@ -8,7 +8,6 @@
 -- observations as "key value" lines to a result file given as arg[1]: that
 -- works even when the child's stdout is closed.
 local exec = require "tether.exec"
-local errors = require "tether.errors"
 local tether = require "tether"
 local util = require "helpers.util"
 
@@ -168,7 +167,10 @@ describe("RLIMIT_NPROC reached", function()
       end
       for _, x in ipairs(cmds) do x.w:close() end
       local waited = 0
-      for _, x in ipairs(cmds) do if x.c:wait() then waited = waited + 1 end end
+      for _, x in ipairs(cmds) do -- reaped: success, or an exit status (not a wait error)
+        local ok, e = x.c:wait()
+        if ok or (e and e.exit_code) then waited = waited + 1 else put("wait_error", e) end
+      end
       put("waited", waited)
       local o, e = child("echo", "recovered"):output()
       put("recovered", o and o:gsub("\n", "") or tostring(e))
@@ -262,7 +264,17 @@ describe("fds 0, 1 and 2 of the parent closed", function()
 end)
 
 describe("an argv over ARG_MAX", function()
+  -- Under valgrind (make check-valgrind) the child is a memcheck that cannot survive
+  -- a failed execve ("EXEC FAILED: I can't recover ...", exit 101): no E2BIG to see.
+  local function skip_under_valgrind()
+    if os.getenv("TETHER_VALGRIND") then
+      pending("valgrind ends the child when execve fails with E2BIG")
+      return true
+    end
+  end
+
   it("start() returns E2BIG at step exec and leaves no process behind", function()
+    if skip_under_valgrind() then return end
     local arg_max = tonumber((util.sh("getconf ARG_MAX"):gsub("%s", ""))) or 2097152
     local piece = string.rep("x", 100000) -- under MAX_ARG_STRLEN (128 KiB) each
     local args = {}
@@ -279,6 +291,7 @@ describe("an argv over ARG_MAX", function()
   end)
 
   it("a single argument over MAX_ARG_STRLEN gives E2BIG too", function()
+    if skip_under_valgrind() then return end
     local ok, err = exec.command("true", string.rep("y", 200000)):start()
     assert.is_nil(ok)
     assert.are.equal("E2BIG", err.code)

@@ -72,6 +72,10 @@ end)
 describe("notify and stop, seen in /proc/self/status", function()
   for _, name in ipairs { "SIGUSR1", "SIGUSR2", "SIGHUP" } do
     it("notify sets " .. name .. "'s SigCgt bit; stop puts every mask back exactly", function()
+      if os.getenv("TETHER_VALGRIND") then
+        pending("valgrind catches every signal itself: SigCgt says nothing about tether")
+        return
+      end
       local n = SIG[name]
       local before = masks()
       assert.is_false(has(before.SigCgt, n), "precondition: " .. name .. " not caught yet")

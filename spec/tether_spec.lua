@@ -63,6 +63,10 @@ describe("process identity", function()
   end)
 
   it("executable() is /proc/self/exe", function()
+    if os.getenv("TETHER_VALGRIND") then
+      pending("under valgrind /proc/<pid>/exe seen from outside is valgrind's tool")
+      return
+    end
     local want = util.sh("readlink /proc/" .. util.pid() .. "/exe"):gsub("\n$", "")
     assert.are.equal(want, tether.executable())
   end)

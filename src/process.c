@@ -28,6 +28,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* The child runs on a borrowed stack in the parent's memory: keep ASan's stack poisoning
+ * out of it, and wipe what it left on that buffer once the parent runs again. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define NO_ASAN __attribute__((no_sanitize_address))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define NO_ASAN
+#define UNPOISON(p, n) ((void)0)
+#endif
+
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
@@ -156,7 +167,7 @@ struct child_args {
  * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
 static atomic_int vm_shared = -1;
 
-static int probe_main(void *arg) {
+NO_ASAN static int probe_main(void *arg) {
   *(volatile int *)arg = 1;
   _exit(0);
 }
@@ -178,7 +189,7 @@ static int memory_is_shared(void) {
 
 /* The child side. Only async-signal-safe calls; ids are set with raw syscalls so glibc
  * does not try to broadcast them to the parent's threads (which share this memory). */
-static int child_main(void *arg) {
+NO_ASAN static int child_main(void *arg) {
   struct child_args *a = arg;
   int step;
 
@@ -384,6 +395,7 @@ static int proc_spawn(lua_State *L) {
     if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
   }
   int clone_err = errno;
+  UNPOISON(stack, sizeof stack);
 
   if (inherit_env) tether_env_unlock();
   pthread_sigmask(SIG_SETMASK, &old, NULL);

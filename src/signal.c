@@ -112,7 +112,9 @@ static int sig_watch(lua_State *L) {
         chained[sig] = cur;
       memset(&sa, 0, sizeof sa);
       sa.sa_sigaction = on_signal;
-      sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+      sa.sa_flags = SA_SIGINFO | SA_RESTART;
+      stack_t ss; /* run on the alternate stack only where the host set one up */
+      if (sigaltstack(NULL, &ss) == 0 && !(ss.ss_flags & SS_DISABLE)) sa.sa_flags |= SA_ONSTACK;
       sigfillset(&sa.sa_mask);
       if (sigaction(sig, &sa, NULL) < 0) err = errno;
       else watching[sig] = 1;

@@ -465,7 +465,7 @@ local function env_list(env)
       local eq = find(e, "=", 2, true)
       if not eq then
         if has_nul(e) then error(("exec: cmd.env[%d] key contains NUL"):format(i), 4) end
-        error(("exec: cmd.env[%d] %q has no '='"):format(i, e), 4)
+        error(("exec: cmd.env[%d] has no '=' or an empty key"):format(i), 4) -- never echo a value
       end
       add(e:sub(1, eq - 1), e:sub(eq + 1), ("cmd.env[%d]"):format(i))
     end
