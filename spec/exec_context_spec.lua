@@ -36,22 +36,9 @@ local function start_ready(cmd)
   return r
 end
 
-local base_fds
-setup(function()
-  assert(exec.command("true"):run())
-  assert(core.signal_fd() >= 0)
-end)
-before_each(function()
-  collectgarbage(); collectgarbage()
-  base_fds = util.fd_summary()
-end)
-after_each(function()
-  util.cleanup()
-  collectgarbage(); collectgarbage()
-  tether.sleep(0.01)
-  assert.are.equal(0, util.zombies_of(), "zombie children left behind")
-  assert.are.equal(base_fds, util.fd_summary(), "open fds changed")
-end)
+-- After each test: no unreaped child, no new fd (the signal pipe opened first).
+local warm, mark, check = util.no_leaks(function() assert(core.signal_fd() >= 0) end)
+setup(warm); before_each(mark); after_each(check)
 
 -- Point 5.
 describe("command_context", function()

@@ -36,21 +36,9 @@ local function has_signal(hexmask, signo)
   return math.floor(n / 2 ^ (signo - 1)) % 2 == 1
 end
 
-local base_fds
-setup(function()
-  assert(exec.command("true"):run())
-end)
-before_each(function()
-  collectgarbage(); collectgarbage()
-  base_fds = util.fd_summary()
-end)
-after_each(function()
-  util.cleanup()
-  collectgarbage(); collectgarbage()
-  tether.sleep(0.01)
-  assert.are.equal(0, util.zombies_of(), "zombie children left behind")
-  assert.are.equal(base_fds, util.fd_summary(), "open fds changed")
-end)
+-- After each test: no unreaped child, no new fd.
+local warm, mark, check = util.no_leaks()
+setup(warm); before_each(mark); after_each(check)
 
 -- Point 10.
 describe("process attributes", function()

@@ -4,7 +4,6 @@
 local exec = require "tether.exec"
 local errors = require "tether.errors"
 local env = require "tether.env"
-local tether = require "tether"
 local util = require "helpers.util"
 
 local unpack = table.unpack or unpack
@@ -21,21 +20,8 @@ local function sorted_lines(s)
 end
 
 -- After each test: no unreaped child, no new fd.
-local base_fds
-setup(function()
-  assert(exec.command("true"):run()) -- let tether open whatever it keeps open
-end)
-before_each(function()
-  collectgarbage(); collectgarbage()
-  base_fds = util.fd_summary()
-end)
-after_each(function()
-  util.cleanup()
-  collectgarbage(); collectgarbage()
-  tether.sleep(0.01)
-  assert.are.equal(0, util.zombies_of(), "zombie children left behind")
-  assert.are.equal(base_fds, util.fd_summary(), "open fds changed")
-end)
+local warm, mark, check = util.no_leaks()
+setup(warm); before_each(mark); after_each(check)
 
 describe("exec.command", function()
   it("resolves the name with look_path and keeps name and arguments in args", function()

@@ -1,7 +1,6 @@
 -- tether.exec: the child's stdio, captured output and the fds it inherits.
 -- Issue #2 acceptance points 6, 7, 8.
 local exec = require "tether.exec"
-local tether = require "tether"
 local util = require "helpers.util"
 
 local unpack = table.unpack or unpack
@@ -37,21 +36,9 @@ local function fd_flags(pid, fd)
 end
 local O_CLOEXEC = tonumber("2000000", 8)
 
-local base_fds
-setup(function()
-  assert(exec.command("true"):run())
-end)
-before_each(function()
-  collectgarbage(); collectgarbage()
-  base_fds = util.fd_summary()
-end)
-after_each(function()
-  util.cleanup()
-  collectgarbage(); collectgarbage()
-  tether.sleep(0.01)
-  assert.are.equal(0, util.zombies_of(), "zombie children left behind")
-  assert.are.equal(base_fds, util.fd_summary(), "open fds changed")
-end)
+-- After each test: no unreaped child, no new fd.
+local warm, mark, check = util.no_leaks()
+setup(warm); before_each(mark); after_each(check)
 
 -- Point 6.
 describe("output()", function()

@@ -8,7 +8,6 @@
 -- observations as "key value" lines to a result file given as arg[1]: that
 -- works even when the child's stdout is closed.
 local exec = require "tether.exec"
-local tether = require "tether"
 local util = require "helpers.util"
 
 local unpack = table.unpack or unpack
@@ -66,22 +65,9 @@ local function describe_run(t, err, code)
   return ("exit %s; results: %s; stderr: %s"):format(tostring(code), table.concat(keys, ", "), err)
 end
 
--- After each test: no unreaped child, no new fd in the busted process.
-local base_fds
-setup(function()
-  assert(exec.command("true"):run())
-end)
-before_each(function()
-  collectgarbage(); collectgarbage()
-  base_fds = util.fd_summary()
-end)
-after_each(function()
-  util.cleanup()
-  collectgarbage(); collectgarbage()
-  tether.sleep(0.01)
-  assert.are.equal(0, util.zombies_of(), "zombie children left behind")
-  assert.are.equal(base_fds, util.fd_summary(), "open fds changed")
-end)
+-- After each test: no unreaped child, no new fd.
+local warm, mark, check = util.no_leaks()
+setup(warm); before_each(mark); after_each(check)
 
 describe("RLIMIT_NOFILE nearly exhausted", function()
   it("start() fails with a clear EMFILE error, leaks no fd, and works again once files are closed", function()

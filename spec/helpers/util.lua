@@ -266,4 +266,32 @@ function M.reap_later(cmd)
   return cmd
 end
 
+-- The check that every test of a spec file leaves no zombie child and no new open
+-- fd behind, as three hooks for busted (which gives setup/before_each/after_each to
+-- spec files only):  local warm, mark, check = util.no_leaks()
+--                    setup(warm); before_each(mark); after_each(check)
+-- warm_up (optional) runs once first, to open what tether keeps open for the life
+-- of the process (/dev/null, the signal pipe).
+function M.no_leaks(warm_up)
+  local tether, exec = require "tether", require "tether.exec"
+  local check_that = require "luassert" -- busted's assert, outside a spec file's environment
+  local base_fds
+  local function warm()
+    assert(exec.command("true"):run()) -- let tether open whatever it keeps open
+    if warm_up then warm_up() end
+  end
+  local function mark()
+    collectgarbage(); collectgarbage()
+    base_fds = M.fd_summary()
+  end
+  local function check()
+    M.cleanup()
+    collectgarbage(); collectgarbage()
+    tether.sleep(0.01)
+    check_that.are.equal(0, M.zombies_of(), "zombie children left behind")
+    check_that.are.equal(base_fds, M.fd_summary(), "open fds changed")
+  end
+  return warm, mark, check
+end
+
 return M
