@@ -16,13 +16,7 @@ local function exists(path)
   return false
 end
 
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local readfile = require("helpers.util").readfile
 
 local function writefile(path, data)
   local f = assert(io.open(path, "wb"))

@@ -29,6 +29,19 @@ static int ms_until(double deadline) {
   return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* poll(2) until an fd is ready (> 0) or the deadline passed (0), or -1 with errno. EINTR
+ * restarts with the time left; poll's millisecond rounding never ends a wait early.
+ * Reaps collected processes first, as every tether wait does. */
+static int poll_until(struct pollfd *pfd, int n, double deadline) {
+  tether_reap_orphans();
+  for (;;) {
+    int r = poll(pfd, (nfds_t)n, ms_until(deadline));
+    if (r > 0) return r;
+    if (r == 0 && (deadline < 0 || mono_now() >= deadline)) return 0;
+    if (r < 0 && errno != EINTR) return -1;
+  }
+}
+
 /* now() -> seconds on the monotonic clock. */
 static int sys_now(lua_State *L) {
   lua_pushnumber(L, mono_now());
@@ -62,37 +75,22 @@ static int sys_poll_many(lua_State *L) {
     pfd[i].revents = 0;
     lua_pop(L, 2);
   }
-  tether_reap_orphans();
-  for (;;) {
-    int r = poll(pfd, (nfds_t)n, ms_until(deadline));
-    if (r > 0) {
-      for (int i = 0; i < n; i++)
-        if (pfd[i].revents) { lua_pushinteger(L, i + 1); return 1; }
-    }
-    if (r == 0) {
-      if (deadline >= 0 && mono_now() < deadline) continue; /* poll's ms rounding */
-      lua_pushboolean(L, 0);
-      return 1;
-    }
-    if (r < 0 && errno != EINTR) return tether_fail(L, errno);
-  }
+  int r = poll_until(pfd, n, deadline);
+  if (r < 0) return tether_fail(L, errno);
+  for (int i = 0; r > 0 && i < n; i++)
+    if (pfd[i].revents) { lua_pushinteger(L, i + 1); return 1; }
+  lua_pushboolean(L, 0);
+  return 1;
 }
 
 /* poll(fd, events, deadline|nil) -> true when ready, false at the deadline. */
 static int sys_poll(lua_State *L) {
   struct pollfd p = { .fd = tether_checkfd(L, 1), .events = parse_events(L, 2) };
   double deadline = luaL_optnumber(L, 3, -1);
-  tether_reap_orphans();
-  for (;;) {
-    int r = poll(&p, 1, ms_until(deadline));
-    if (r > 0) { lua_pushboolean(L, 1); return 1; }
-    if (r == 0) {
-      if (deadline >= 0 && mono_now() < deadline) continue;
-      lua_pushboolean(L, 0);
-      return 1;
-    }
-    if (errno != EINTR) return tether_fail(L, errno);
-  }
+  int r = poll_until(&p, 1, deadline);
+  if (r < 0) return tether_fail(L, errno);
+  lua_pushboolean(L, r > 0);
+  return 1;
 }
 
 /* sleep_until(deadline): sleeps on the monotonic clock; signals do not cut it short. */

@@ -33,10 +33,6 @@ end
 
 local function has_nul(s) return find(s, "\0", 1, true) ~= nil end
 
-local function is_context(v)
-  return type(v) == "table" and type(v.done) == "function" and type(v.err) == "function"
-    and type(v.pollfd) == "function"
-end
 
 local function state_error(msg)
   return errors.new { msg = msg }
@@ -435,7 +431,7 @@ end
 -- is killed, and I/O still open that long after the process exited is closed
 -- (wait then returns errors.ErrWaitDelay), as Go 1.20+.
 function exec.command_context(ctx, name, ...)
-  if not is_context(ctx) then argerror(1, "command_context", "context expected, got " .. type(ctx)) end
+  if not wait.is_context(ctx) then argerror(1, "command_context", "context expected, got " .. type(ctx)) end
   if type(name) ~= "string" then argerror(2, "command_context", "string expected, got " .. type(name)) end
   local cmd = exec.command(name, ...)
   cmd.ctx = ctx
@@ -747,19 +743,19 @@ end
 -- for all, so a pipeline's stages never wait on each other through Lua. A command's
 -- context and wait_delay are watched here too.
 local function drive(cmds, deadline, wctx)
-  local list = {}
   while true do
     if wctx and wctx:done() then return nil, wctx:err() end
-    local n, nopidfd, d = 0, false, deadline
+    local list, nopidfd, d = {}, false, deadline
     local now = core.now()
     for _, c in ipairs(cmds) do
       local ctx = c.ctx
       if ctx and not c._canceled and not c._state and ctx:done() then on_context_done(c) end
       if c._delay_at and now >= c._delay_at then on_delay_expired(c) end
+      local busy = false
       for _, t in ipairs(c._tasks) do
         if not t.done then
           if service(t) then t.done = true
-          else list[n + 1], list[n + 2] = t.fd:getfd(), t.ev; n = n + 2 end
+          else list[#list + 1], list[#list + 2] = t.fd:getfd(), t.ev; busy = true end
         end
       end
       if not c._state then
@@ -770,35 +766,26 @@ local function drive(cmds, deadline, wctx)
           -- wait_delay also bounds the I/O left once the process has exited
           if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
         else
+          busy = true
           local pidfd = c.process._p:pidfd()
-          if pidfd >= 0 then list[n + 1], list[n + 2] = pidfd, "r"; n = n + 2
+          if pidfd >= 0 then list[#list + 1], list[#list + 2] = pidfd, "r"
           else nopidfd = true end
           if ctx and not c._canceled then
-            local cfd = ctx:pollfd()
-            if cfd >= 0 then list[n + 1], list[n + 2] = cfd, "r"; n = n + 2 end
-            local extra = package.loaded["tether.context"] and package.loaded["tether.context"]._wait_fds
-            if extra then
-              local more = extra()
-              for j = 1, #more do list[n + j] = more[j] end
-              n = n + #more
-            end
+            wait.add_ctx(list, ctx)
             local cd = ctx:deadline()
             if cd and (not d or cd < d) then d = cd end
           end
         end
       end
-      local busy = not c._state
-      for _, t in ipairs(c._tasks) do if not t.done then busy = true end end
       if busy and c._delay_at and (not d or c._delay_at < d) then d = c._delay_at end
     end
-    if n == 0 and not nopidfd then return true end
-    for j = #list, n + 1, -1 do list[j] = nil end
-    if wctx then wait.add_ctx(list, wctx); n = #list end
+    if #list == 0 and not nopidfd then return true end
+    wait.add_ctx(list, wctx)
     if nopidfd then -- no pidfd (old kernel): look at the process again soon
       local soon = core.now() + 0.005
       if not d or soon < d then d = soon end
     end
-    if n > 0 then wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
+    if #list > 0 then wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
     if deadline and core.now() >= deadline then
       if wctx and wctx:done() then return nil, wctx:err() end
       return nil, errors.timeout("wait", nil)

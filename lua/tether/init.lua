@@ -19,7 +19,7 @@ function tether.sleep(seconds, ctx)
   end
   local deadline = core.now() + math.max(0, seconds)
   if ctx ~= nil then
-    if type(ctx) ~= "table" or type(ctx.done) ~= "function" then
+    if not wait.is_context(ctx) then
       error("bad argument #2 to 'sleep' (context expected, got " .. type(ctx) .. ")", 2)
     end
     while not ctx:done() do
@@ -150,9 +150,7 @@ function tether.wait_any(list, limit)
       error(("bad argument #1 to 'wait_any' (element %d is not waitable)"):format(i), 2)
     end
   end
-  local ctx, deadline
-  if type(limit) == "table" then ctx = limit; deadline = ctx:deadline()
-  elseif limit ~= nil then deadline = wait.deadline(limit) end
+  local deadline, ctx = wait.limit(limit)
   while true do
     for i, o in ipairs(list) do
       if ready(o) then return i, o end
@@ -171,11 +169,7 @@ function tether.wait_any(list, limit)
       if t then t = core.now() + t; if not d or t < d then d = t end end
     end
     if ctx then add(ctx:pollfd(), "r") end
-    local context = package.loaded["tether.context"]
-    if context and context._wait_fds then
-      local more = context._wait_fds()
-      for j = 1, #more do pairs_[#pairs_ + 1] = more[j] end
-    end
+    wait.add_context_fds(pairs_) -- a context in the list may be cancelled by a signal
     if #pairs_ == 0 then
       if not d then error("wait_any: nothing to wait for", 2) end
       tether.sleep(math.max(0, d - core.now()))

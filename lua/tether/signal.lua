@@ -135,29 +135,17 @@ function Channel:try_recv()
   return pop(self)
 end
 
-local function is_context(v)
-  return type(v) == "table" and type(v.done) == "function" and type(v.err) == "function"
-end
-
 --- ch:recv([timeout | ctx]) -> "SIGINT" | nil, err. Waits for a signal. A
 -- timeout (seconds) that runs out gives err:is(errors.ErrTimeout); a context
 -- that is done gives its error (context.Canceled or DeadlineExceeded).
 function Channel:recv(limit)
-  local ctx, deadline
-  if is_context(limit) then ctx = limit; deadline = ctx:deadline()
-  elseif limit ~= nil then deadline = wait.deadline(limit) end
-  local list = {}
+  local deadline, ctx = wait.limit(limit)
   while true do
     pump()
     local v = pop(self)
     if v then return v end
     if ctx and ctx:done() then return nil, ctx:err() end
-    list[1], list[2] = core.signal_fd(), "r"
-    if ctx then
-      list[3], list[4] = ctx:pollfd(), "r"
-      if list[3] < 0 then list[3], list[4] = nil, nil end
-    end
-    if wait.wait_many(list, deadline) == false then
+    if wait.wait_many(wait.add_ctx({ core.signal_fd(), "r" }, ctx), deadline) == false then
       pump()
       v = pop(self)
       if v then return v end

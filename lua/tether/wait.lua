@@ -57,26 +57,37 @@ function M.wait_many(list, deadline)
   return 0
 end
 
+--- is_context(v) -> whether v looks like a tether context (done, err, pollfd, deadline).
+function M.is_context(v)
+  return type(v) == "table" and type(v.done) == "function" and type(v.err) == "function"
+    and type(v.pollfd) == "function" and type(v.deadline) == "function"
+end
+
 --- limit(x) -> deadline, ctx: a blocking call's last argument, either a timeout in
 -- seconds or a context (then its deadline, if any). nil gives no limit.
 function M.limit(x)
-  if type(x) == "table" and type(x.done) == "function" and type(x.err) == "function" then
-    return x:deadline(), x
-  end
+  if M.is_context(x) then return x:deadline(), x end
   return M.deadline(x), nil
 end
 
---- add_ctx(list, ctx): adds the fds that wake a wait for ctx (its eventfd, signals).
-function M.add_ctx(list, ctx)
-  if not ctx then return list end
-  local fd = ctx:pollfd()
-  if fd >= 0 then list[#list + 1] = fd; list[#list + 1] = "r" end
+--- add_context_fds(list) -> list: adds the fds whose readiness may cancel some
+-- context (the signal self-pipe, registered by tether.signal as context._wait_fds).
+function M.add_context_fds(list)
   local context = package.loaded["tether.context"]
   if context and context._wait_fds then
     local more = context._wait_fds()
     for j = 1, #more do list[#list + 1] = more[j] end
   end
   return list
+end
+
+--- add_ctx(list, ctx) -> list: adds the fds that wake a wait for ctx (its eventfd,
+-- signals); nothing when ctx is nil.
+function M.add_ctx(list, ctx)
+  if not ctx then return list end
+  local fd = ctx:pollfd()
+  if fd >= 0 then list[#list + 1] = fd; list[#list + 1] = "r" end
+  return M.add_context_fds(list)
 end
 
 --- deadline(timeout) -> absolute deadline for a timeout in seconds (nil stays nil).

@@ -31,20 +31,9 @@
 --
 -- Nothing here can set signal dispositions; specs use sh's `trap` for that.
 
--- pattern(tag, n): n bytes of 16-byte records "<tag><14-digit offset>\n",
--- cut at n. Every byte says where it belongs, so a spec can compare whole
--- streams. spec/helpers/util.lua has the same function.
-local function pattern(tag, n)
-  local parts, size = {}, 0
-  local i = 0
-  while size < n do
-    local rec = string.format("%s%014d\n", tag, i * 16)
-    parts[#parts + 1] = rec
-    size = size + #rec
-    i = i + 1
-  end
-  return table.concat(parts):sub(1, n)
-end
+-- pattern(tag, n): the bytes `write` produces (spec/helpers/pattern.lua, loaded
+-- from this script's own folder, whatever LUA_PATH says).
+local pattern = dofile(((arg and arg[0] or ""):match("^(.*/)") or "./") .. "pattern.lua")
 
 local function mypid()
   local f = assert(io.open("/proc/self/stat", "r"))

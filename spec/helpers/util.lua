@@ -72,17 +72,7 @@ function M.pattern(tag, n)
   return patterns[key]
 end
 
-function M.pattern_uncached(tag, n)
-  local parts, size = {}, 0
-  local i = 0
-  while size < n do
-    local rec = string.format("%s%014d\n", tag, i * 16)
-    parts[#parts + 1] = rec
-    size = size + #rec
-    i = i + 1
-  end
-  return table.concat(parts):sub(1, n)
-end
+M.pattern_uncached = require "helpers.pattern"
 
 function M.readfile(path)
   local f = io.open(path, "rb")
