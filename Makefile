@@ -194,3 +194,33 @@ bench: $(CORE)
 	      apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing) >/dev/null 2>&1 || \
 	      echo "could not install:$$missing (those peers are skipped)"; fi; fi
 	@LUA_BIN=$(LUA_BIN) bash bench/run.sh $(BENCH_CASES)
+
+# make fuzz [FUZZ_TIME=60]: every fuzz/<name>_fuzz.c, built with libFuzzer and ASan+UBSan
+# (Debian's clang), linked with the core's sources, runs FUZZ_TIME seconds on the corpus
+# in fuzz/corpus/<name>/ (read only: new inputs go to build/fuzz/corpus-<name>/). A crash,
+# a sanitizer finding or a broken rule (the target aborts) fails it; the reproducer is
+# left in build/fuzz/. Lua 5.4 only.
+FUZZ_TIME ?= 60
+FUZZ_PKGS := clang libclang-rt-14-dev liblua5.4-dev
+FUZZ_TARGETS := $(patsubst fuzz/%_fuzz.c,%,$(wildcard fuzz/*_fuzz.c))
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  -DTETHER_ROOT='"$(CURDIR)"' -Isrc $$(pkg-config --cflags lua5.4)
+
+.PHONY: fuzz fuzz-build
+fuzz-build:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(FUZZ_PKGS)"
+	@mkdir -p build/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  clang $(FUZZ_CFLAGS) -o build/fuzz/$$t fuzz/$${t}_fuzz.c $(SRCS) $$(pkg-config --libs lua5.4) -pthread \
+	    || exit 1; \
+	done
+
+fuzz: fuzz-build
+	@rc=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$t fuzz/corpus/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_TIME)s"; \
+	  (cd build/fuzz && ASAN_OPTIONS=detect_leaks=1 ./$$t -max_total_time=$(FUZZ_TIME) -max_len=2048 \
+	    -timeout=20 -print_funcs=0 -print_final_stats=1 corpus-$$t ../../fuzz/corpus/$$t > $$t.log 2>&1); trc=$$?; \
+	  tail -n 20 build/fuzz/$$t.log; \
+	  if [ $$trc != 0 ]; then echo "fuzz $$t FAILED (status $$trc)"; rc=1; fi; \
+	done; exit $$rc

@@ -285,6 +285,26 @@ describe("an argument the OS cannot take", function()
         local c = touching(); c.stdin = "x"; c.stdout = {}; c.extra_files = { "bad" }; return c end },
     { "a negative fd as stdout", "stdout", function()
         local c = touching(); c.stdin = "x"; c.stdout = -1; return c end },
+    -- Found by fuzz/cmd_fuzz.c: numbers that are not integers in range must not become
+    -- another fd, uid 0, group 0 or the child's own process group.
+    { "an infinite fd as stdout", "stdout", function()
+        local c = touching(); c.stdout = math.huge; return c end },
+    { "an infinite extra_files entry", "extra_files", function()
+        local c = touching(); c.extra_files = { math.huge }; return c end },
+    { "a fractional extra_files entry", "extra_files", function()
+        local c = touching(); c.extra_files = { 1.5 }; return c end },
+    { "an infinite uid", "uid", function()
+        local c = touching(); c.uid = math.huge; return c end },
+    { "a gid over 2^32-2", "gid", function()
+        local c = touching(); c.gid = 2 ^ 32; return c end },
+    { "a group that is not a number", "groups[1]", function()
+        local c = touching(); c.groups = { "wheel" }; return c end },
+    { "a fractional group", "groups[2]", function()
+        local c = touching(); c.groups = { 0, 0.5 }; return c end },
+    { "a fractional setpgid", "setpgid", function()
+        local c = touching(); c.setpgid = 1.5; return c end },
+    { "a negative setpgid", "setpgid", function()
+        local c = touching(); c.setpgid = -3; return c end },
   }
   for _, case in ipairs(cases) do
     local what, word, make = case[1], case[2], case[3]

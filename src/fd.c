@@ -32,10 +32,9 @@ static tfd *check_open(lua_State *L, int idx) {
 int tether_checkfd(lua_State *L, int idx) {
   if (lua_type(L, idx) == LUA_TNUMBER) {
     lua_Number d = lua_tonumber(L, idx); /* an integral float (luasocket's getfd) is fine */
-    lua_Integer n = (lua_Integer)d;
-    if ((lua_Number)n != d || n < 0 || n > 0x7fffffff)
+    if (!(d >= 0 && d <= 0x7fffffff) || d != (lua_Number)(int)d) /* range first: no UB on inf/NaN */
       luaL_argerror(L, idx, "fd must be a non-negative integer");
-    return (int)n;
+    return (int)d;
   }
   tfd *f = luaL_testudata(L, idx, TETHER_FD_MT);
   if (f) {

@@ -276,7 +276,7 @@ fail:
 static char **string_list(lua_State *L, int t, const char *field, int *count) {
   lua_getfield(L, t, field);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-  luaL_checktype(L, -1, LUA_TTABLE);
+  if (!lua_istable(L, -1)) luaL_error(L, "spawn: %s must be a list", field);
   int list = lua_gettop(L);
   int n = (int)lua_rawlen(L, list);
   char **v = lua_newuserdatauv(L, sizeof *v * ((size_t)n + 1), 0);
@@ -294,11 +294,16 @@ static char **string_list(lua_State *L, int t, const char *field, int *count) {
   return v; /* stack: ..., list, userdata */
 }
 
-static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Integer def) {
+/* t[field] as an integer in [lo, hi], def when nil; anything else raises naming the field. */
+static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Integer def,
+                                 lua_Number lo, lua_Number hi) {
   lua_getfield(L, t, field);
-  lua_Integer v = lua_isnil(L, -1) ? def : lua_tointeger(L, -1);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return def; }
+  lua_Number d = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(d >= lo && d <= hi) || d != (lua_Number)(lua_Integer)d)
+    luaL_error(L, "spawn: %s must be an integer in [%.0f, %.0f]", field, lo, hi);
   lua_pop(L, 1);
-  return v;
+  return (lua_Integer)d;
 }
 
 /* spawn(spec) -> process | nil, errno, step.
@@ -327,7 +332,7 @@ static int proc_spawn(lua_State *L) {
   }
 
   lua_getfield(L, 1, "fds");
-  luaL_checktype(L, -1, LUA_TTABLE);
+  if (!lua_istable(L, -1)) return luaL_error(L, "spawn: fds must be a list");
   int fdlist = lua_gettop(L);
   a.nfds = (int)lua_rawlen(L, fdlist);
   a.fds = lua_newuserdatauv(L, sizeof(int) * ((size_t)a.nfds + 1), 0);
@@ -339,23 +344,28 @@ static int proc_spawn(lua_State *L) {
     lua_pop(L, 1);
   }
 
-  a.pgid = (pid_t)opt_int_field(L, 1, "pgid", -1);
+  a.pgid = (pid_t)opt_int_field(L, 1, "pgid", -1, 0, 2147483647.0);
   lua_getfield(L, 1, "setsid");
   a.setsid = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0);
-  lua_Integer uid = opt_int_field(L, 1, "uid", -1), gid = opt_int_field(L, 1, "gid", -1);
+  a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0, 0, 64);
+  lua_Integer uid = opt_int_field(L, 1, "uid", -1, 0, 4294967294.0);
+  lua_Integer gid = opt_int_field(L, 1, "gid", -1, 0, 4294967294.0);
   if (uid >= 0) { a.set_uid = 1; a.uid = (uid_t)uid; }
   if (gid >= 0) { a.set_gid = 1; a.gid = (gid_t)gid; }
   lua_getfield(L, 1, "groups");
   if (!lua_isnil(L, -1)) {
     int g = lua_gettop(L);
+    if (!lua_istable(L, g)) return luaL_error(L, "spawn: groups must be a list");
     a.set_groups = 1;
     a.ngroups = (int)lua_rawlen(L, g);
     a.groups = lua_newuserdatauv(L, sizeof(gid_t) * ((size_t)a.ngroups + 1), 0);
     for (int i = 0; i < a.ngroups; i++) {
       lua_rawgeti(L, g, i + 1);
-      a.groups[i] = (gid_t)lua_tointeger(L, -1);
+      lua_Number d = lua_tonumber(L, -1);
+      if (lua_type(L, -1) != LUA_TNUMBER || !(d >= 0 && d <= 4294967294.0) || d != (lua_Number)(lua_Integer)d)
+        luaL_error(L, "spawn: groups[%d] must be a gid", i + 1);
+      a.groups[i] = (gid_t)d;
       lua_pop(L, 1);
     }
   }

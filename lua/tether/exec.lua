@@ -60,6 +60,10 @@ local function is_file(v) return io.type(v) == "file" end
 local kind = core.kind
 local function is_tfd(v) return kind(v) == "fd" end
 local function is_buffer(v) return kind(v) == "buffer" end
+-- A uid or gid: an integer in 0..2^32-2 (-1 is "no change" to the kernel).
+local function is_id(v) return type(v) == "number" and v >= 0 and v <= 0xfffffffe and v == math.floor(v) end
+-- An fd given as a number: an integer in 0..2^31-1 (not inf, NaN or 1.5).
+local function is_fdnum(v) return type(v) == "number" and v >= 0 and v <= 0x7fffffff and v == math.floor(v) end
 
 local null_fd -- one /dev/null for every child, opened on first use (O_CLOEXEC)
 local function devnull()
@@ -506,26 +510,27 @@ local function validate(self)
   local env = env_list(self.env)
   local pgid
   if self.setpgid == true then pgid = 0
-  elseif type(self.setpgid) == "number" then pgid = self.setpgid
+  elseif is_fdnum(self.setpgid) then pgid = self.setpgid
   elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
   local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
   for _, f in ipairs { "uid", "gid" } do
     local v = self[f]
-    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= math.floor(v)) then
-      error("exec: cmd." .. f .. " must be a non-negative integer", 3)
-    end
+    if v ~= nil and not is_id(v) then error("exec: cmd." .. f .. " must be a non-negative integer", 3) end
   end
   if self.groups ~= nil and type(self.groups) ~= "table" then error("exec: cmd.groups must be a list", 3) end
+  for i = 1, self.groups and #self.groups or 0 do
+    if not is_id(self.groups[i]) then error(("exec: cmd.groups[%d] must be a non-negative integer"):format(i), 3) end
+  end
   if self.extra_files ~= nil and type(self.extra_files) ~= "table" then error("exec: cmd.extra_files must be a list", 3) end
   for i, f in ipairs(self.extra_files or {}) do
-    if not (type(f) == "number" or is_file(f) or is_tfd(f) or getmetatable(f) == Reader or getmetatable(f) == Writer) then
+    if not (is_fdnum(f) or is_file(f) or is_tfd(f) or getmetatable(f) == Reader or getmetatable(f) == Writer) then
       error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 3)
     end
   end
   for i, name in ipairs { "stdin", "stdout", "stderr" } do
     local v = self[name]
     local t = type(v)
-    local ok = v == nil or v == "null" or v == "inherit" or (t == "number" and v >= 0 and v == math.floor(v))
+    local ok = v == nil or v == "null" or v == "inherit" or is_fdnum(v)
       or is_file(v) or is_tfd(v) or getmetatable(v) == Reader or getmetatable(v) == Writer
       or (i == 1 and t == "string") or (i > 1 and (t == "function" or t == "table" or is_buffer(v)))
     if not ok then
