@@ -750,7 +750,9 @@ end
 local function drive(cmds, deadline, wctx)
   while true do
     if wctx and wctx:done() then return nil, wctx:err() end
-    local list, nopidfd, d = {}, false, deadline
+    -- The pidfds go first in the wait list: wait_many reports the first ready pair, so an
+    -- exit is always seen, and wait4 runs only when a pidfd said so (not on every pass).
+    local ios, pids, nopidfd, d = {}, {}, false, deadline
     local now = core.now()
     for _, c in ipairs(cmds) do
       local ctx = c.ctx
@@ -760,11 +762,12 @@ local function drive(cmds, deadline, wctx)
       for _, t in ipairs(c._tasks) do
         if not t.done then
           if service(t) then t.done = true
-          else list[#list + 1], list[#list + 2] = t.fd:getfd(), t.ev; busy = true end
+          else ios[#ios + 1], ios[#ios + 2] = t.fd:getfd(), t.ev; busy = true end
         end
       end
       if not c._state then
-        local st, err = c.process:try_wait()
+        local st, err = false, nil
+        if c._exit_seen ~= false then st, err = c.process:try_wait() end
         if st == nil then return nil, err end
         if st then
           c._state = st
@@ -773,10 +776,10 @@ local function drive(cmds, deadline, wctx)
         else
           busy = true
           local pidfd = c.process._p:pidfd()
-          if pidfd >= 0 then list[#list + 1], list[#list + 2] = pidfd, "r"
+          if pidfd >= 0 then pids[#pids + 1] = c; c._exit_seen = false
           else nopidfd = true end
           if ctx and not c._canceled then
-            wait.add_ctx(list, ctx)
+            wait.add_ctx(ios, ctx)
             local cd = ctx:deadline()
             if cd and (not d or cd < d) then d = cd end
           end
@@ -784,13 +787,19 @@ local function drive(cmds, deadline, wctx)
       end
       if busy and c._delay_at and (not d or c._delay_at < d) then d = c._delay_at end
     end
+    local list = {}
+    for i, c in ipairs(pids) do list[2 * i - 1], list[2 * i] = c.process._p:pidfd(), "r" end
+    for j = 1, #ios do list[#list + 1] = ios[j] end
     if #list == 0 and not nopidfd then return true end
     wait.add_ctx(list, wctx)
     if nopidfd then -- no pidfd (old kernel): look at the process again soon
       local soon = core.now() + 0.005
       if not d or soon < d then d = soon end
     end
-    if #list > 0 then wait.wait_many(list, d) else require("tether").sleep(d - core.now()) end
+    if #list > 0 then
+      local i = wait.wait_many(list, d)
+      if i and pids[i] then pids[i]._exit_seen = true end
+    else require("tether").sleep(d - core.now()) end
     if deadline and core.now() >= deadline then
       if wctx and wctx:done() then return nil, wctx:err() end
       return nil, errors.timeout("wait", nil)
