@@ -126,7 +126,7 @@ end)
 describe("reaping", function()
   it("1000 spawn+wait cycles leave no zombie and no new fd", function()
     local fds = util.fd_count()
-    for i = 1, 1000 do
+    for i = 1, util.scale(1000) do
       local ok, err = exec.command("/bin/true"):run()
       if not ok then error("cycle " .. i .. ": " .. tostring(err)) end
     end
@@ -136,7 +136,7 @@ describe("reaping", function()
 
   it("200 cycles with three pipes each leave no zombie and no new fd", function()
     local fds = util.fd_count()
-    for i = 1, 200 do
+    for i = 1, util.scale(200) do
       local cmd = exec.command("sh", "-c", "cat; echo err >&2")
       cmd.stdin = "in"
       local errbuf = {}

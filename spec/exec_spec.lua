@@ -98,7 +98,7 @@ describe("a missing binary", function()
   for _, name in ipairs({ "tether-no-such-binary", "/nonexistent/tether-no-such-binary" }) do
     it("1000 attempts with three pipes each leave the fd count unchanged (" .. name .. ")", function()
       local before = util.fd_count()
-      for i = 1, 1000 do
+      for i = 1, util.scale(1000) do
         local cmd = exec.command(name)
         assert(cmd:stdin_pipe())
         assert(cmd:stdout_pipe())

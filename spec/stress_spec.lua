@@ -1,6 +1,6 @@
 -- Stress: many spawns while signals pelt the parent.
--- Issue #7 (stress specs), bounded in time: 2,000 spawns (the issue asks for
--- 10,000 in CI; TETHER_STRESS_SPAWNS raises the count) while a sibling
+-- Issue #7 (stress specs), bounded in time: 2,000 spawns (200 under valgrind);
+-- CI's main run sets TETHER_STRESS_SPAWNS=10000, as the issue asks while a sibling
 -- process floods the parent with SIGUSR1 (watched with tether.signal.notify)
 -- and SIGCHLD. Every spawn succeeds, no EINTR surfaces, and the open fds,
 -- zombies and threads of the parent do not grow.
@@ -9,7 +9,7 @@ local signal = require "tether.signal"
 local tether = require "tether"
 local util = require "helpers.util"
 
-local SPAWNS = tonumber(os.getenv("TETHER_STRESS_SPAWNS") or "") or 2000
+local SPAWNS = tonumber(os.getenv("TETHER_STRESS_SPAWNS") or "") or util.scale(2000)
 
 local function threads()
   return tonumber(util.status_of("self").Threads)

@@ -12,6 +12,7 @@
 --   util.fds_of([pid])        sorted list of open fd numbers (default: ours;
 --                             the listing's own popen pipe left out)
 --   util.fd_count([pid])      #util.fds_of(pid)
+--   util.scale(n)             n, or a tenth of it under valgrind (TETHER_VALGRIND)
 --   util.fd_summary([pid])    "fd:target ..." for failure messages
 --   util.fd_target(pid, fd)   readlink of /proc/<pid>/fd/<fd>, or nil
 --   util.fd_of(path)          the fd number of ours that points at path
@@ -121,6 +122,13 @@ function M.fds_of(pid)
   for n in fd_lines(pid):gmatch("(%d+) [^\n]*") do list[#list + 1] = tonumber(n) end
   table.sort(list)
   return list
+end
+
+-- Under valgrind every spawn forks a whole memcheck: loops that repeat a spawn to catch a
+-- leak still repeat it, at a tenth of the count, so make check-valgrind fits CI's time.
+function M.scale(n)
+  if os.getenv("TETHER_VALGRIND") then return math.max(1, math.floor(n / 10)) end
+  return n
 end
 
 function M.fd_count(pid)
