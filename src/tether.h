@@ -13,6 +13,7 @@ void tether_open_process(lua_State *L);
 void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
 void tether_open_systemd(lua_State *L);
+void tether_open_pgroup(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */

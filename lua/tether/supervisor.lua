@@ -185,9 +185,12 @@ local function min(a, b)
   return a < b and a or b
 end
 
--- Whether anything is left in the process group pgid (kill(-pgid, 0)).
--- EPERM: members we may not signal are still members.
+-- Whether a process that is not a zombie is left in the process group pgid. Zombies do
+-- not count: a PID 1 that never reaps (common in containers) would keep them forever.
+-- Without /proc: kill(-pgid, 0), where EPERM means members we may not signal.
 local function group_alive(pgid)
+  local alive = core.pgroup_alive(pgid)
+  if alive ~= nil then return alive end
   local ok, errno = core.kill(-pgid, 0)
   return ok == true or errno == core.errno.EPERM
 end
