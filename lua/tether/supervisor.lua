@@ -42,6 +42,8 @@ local BACKOFF_KEYS = { initial = true, max = true, reset_after = true, jitter = 
 local GROUP_POLL_FIRST, GROUP_POLL_MAX = 0.01, 0.25
 -- How often a child without a pidfd (kernels before 5.3) is looked at.
 local NO_PIDFD_POLL = 0.05
+-- How long what was SIGKILLed may take to disappear before the supervisor stops waiting.
+local KILL_WAIT = 2
 
 ---------------------------------------------------------------------------
 -- validation (raises naming the argument)
@@ -168,7 +170,7 @@ end
 --   spec, name, state ("start", "running", "draining", "backoff", "done"), result,
 --   starts, restarts, failures (restarts in a row, for the backoff),
 --   cmd, pid, started_at, exited_at, exited (the process exited), finished (reaped and
---   its I/O done), group_gone, term_sent, kill_at, killed, poll_at, poll_step,
+--   its I/O done), group_gone, term_sent, kill_at, killed, killed_at, poll_at, poll_step,
 --   status (last ProcessState), err (last error), next_start.
 
 local function emit(r, k, event, info)
@@ -347,7 +349,7 @@ local function step(r, k, list)
     if k.exited then
       k.exited_at = t
       k.state = "draining"
-      if k.killed or not group_alive(k.pid) then
+      if not group_alive(k.pid) then
         k.group_gone = true
       elseif not k.term_sent then -- its main process is gone: the rest of its group goes too
         k.term_sent, k.kill_at = true, t + sup._grace
@@ -357,7 +359,7 @@ local function step(r, k, list)
       return nil, true
     end
     if k.kill_at and not k.killed and t >= k.kill_at then
-      k.killed = true
+      k.killed, k.killed_at = true, t
       emit(r, k, "kill", { pid = k.pid, signal = "SIGKILL" })
       signal_group(k, "SIGKILL")
       return nil, true
@@ -369,18 +371,21 @@ local function step(r, k, list)
     t = now()
     local d
     if not k.group_gone then
-      if k.killed or not group_alive(k.pid) then
+      if not group_alive(k.pid) then
         k.group_gone = true
-      elseif t >= k.kill_at then
-        k.killed, k.group_gone = true, true -- SIGKILLed: not waiting for them to be reaped
-        emit(r, k, "kill", { pid = k.pid, signal = "SIGKILL" })
-        signal_group(k, "SIGKILL")
+      elseif k.killed and t >= k.killed_at + KILL_WAIT then
+        k.group_gone = true -- SIGKILLed long ago and still there (uninterruptible sleep): give up on them
       else
+        if not k.killed and t >= k.kill_at then
+          k.killed, k.killed_at = true, t
+          emit(r, k, "kill", { pid = k.pid, signal = "SIGKILL" })
+          signal_group(k, "SIGKILL")
+        end
         if t >= k.poll_at then
           k.poll_step = math.min(k.poll_step * 2, GROUP_POLL_MAX)
           k.poll_at = t + k.poll_step
         end
-        d = min(k.poll_at, k.kill_at)
+        d = min(k.poll_at, k.killed and k.killed_at + KILL_WAIT or k.kill_at)
       end
     end
     if k.group_gone and k.finished then
