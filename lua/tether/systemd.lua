@@ -76,7 +76,8 @@ end
 -- or a table {READY=1, STATUS="..."} (values: strings, numbers, booleans as 1/0;
 -- READY first, then the rest by name). When $NOTIFY_SOCKET is unset it returns
 -- false, systemd.NOT_UNDER_SYSTEMD and sends nothing: a program run by hand
--- needs no special case. An unusable address or a failed send gives nil, err
+-- needs no special case. An unusable address (EINVAL: relative, vsock:, too long)
+-- or a failed send gives nil, err
 -- (err.op "notify", err.path the address, err.errno). unset_env = true removes
 -- $NOTIFY_SOCKET afterwards, so children do not inherit it.
 -- Raises naming the argument for an empty state, NUL, or a bad table.
@@ -87,7 +88,7 @@ function M.notify(state, unset_env)
   if addr == nil or addr == "" then return false, M.NOT_UNDER_SYSTEMD end
   if addr:sub(1, 1) ~= "/" and addr:sub(1, 1) ~= "@" then
     -- vsock: and other families are not supported
-    return nil, errors.from_errno("notify", addr, core.errno.EAFNOSUPPORT)
+    return nil, errors.from_errno("notify", addr, core.errno.EINVAL)
   end
   local ok, errno = core.notify_send(addr, msg)
   if not ok then return nil, errors.from_errno("notify", addr, errno) end
