@@ -325,13 +325,15 @@ end
 local function step(r, k, list)
   local sup = r.sup
   local t = now()
+  -- A failure or error earlier in this pass: start nothing more, the stop comes next pass.
+  local ending = r.stopping or r.fail ~= nil or r.raise ~= nil
   if k.state == "start" then
-    if r.stopping then k.state, k.result = "done", "stopped"; return nil, true end
+    if ending then k.state, k.result = "done", "stopped"; return nil, true end
     start_kid(r, k)
     return nil, true
   end
   if k.state == "backoff" then
-    if r.stopping then k.state, k.result = "done", "stopped"; return nil, true end
+    if ending then k.state, k.result = "done", "stopped"; return nil, true end
     if t < k.next_start then return k.next_start, false end
     k.restarts = k.restarts + 1
     emit(r, k, "restart", { restarts = k.restarts, failures = k.failures })
