@@ -88,4 +88,61 @@ describe("examples", function()
       "context: context deadline exceeded; err is DeadlineExceeded: true",
     })
   end)
+
+  it("supervisor.lua restarts the crashing child with backoff and stops both on SIGTERM", function()
+    local out, err, code = run_example("supervisor.lua", "TETHER_DEMO_SIGNAL_AFTER=1 TETHER_DEMO_BACKOFF=0.05", 30)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      "supervisor: flaky exited: exit status 1",
+      "supervisor: flaky restarts in 0.", "(crash 1 in a row)",
+      "supervisor: flaky restarts in 0.", "(crash 2 in a row)",
+      "main: received signal SIGTERM: all children stopped",
+      "summary: worker starts=1 restarts=0 result=stopped",
+      "summary: flaky starts=",
+      "main: done",
+    })
+    assert.is_truthy(out:find("supervisor: stopping worker: SIGTERM, grace 2 s", 1, true), out)
+  end)
+
+  it("binary_swap.lua swaps servers on one listening socket without refusing a connection", function()
+    if not pcall(require, "socket") then pending("luasocket is not installed for " .. _VERSION) return end
+    local out, err, code = run_example("binary_swap.lua", "TETHER_DEMO_CONNECTIONS=200", 60)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      "parent: listening on 127.0.0.1:",
+      "parent: v1 ready",
+      "parent: swapping v1 -> v2 after 50 connections",
+      "parent: v1 exited after serving",
+      "parent: v2 ready",
+      "parent: swapping v2 -> v3 after 120 connections",
+      "parent: v3 ready",
+      "client: 200 connections, 0 refused, 0 failed; served by v1=",
+      "parent: done",
+    })
+    -- every version served, and the counts add up to 200
+    local v1, v2, v3 = out:match("served by v1=(%d+) v2=(%d+) v3=(%d+)")
+    assert.is_truthy(v1, out)
+    assert.are.equal(200, tonumber(v1) + tonumber(v2) + tonumber(v3))
+    assert.is_true(tonumber(v2) > 0 and tonumber(v3) > 0)
+  end)
+
+  it("env_secrets.lua hands the secret to one child and never prints it", function()
+    local secret = "tether-spec-secret-" .. util.pid()
+    local out, err, code = run_example("env_secrets.lua", "DEMO_API_TOKEN=" .. secret, 30)
+    assert.are.equal(0, code, err)
+    assert.is_nil(out:find(secret, 1, true), "the secret leaked into stdout")
+    assert.is_nil(err:find(secret, 1, true), "the secret leaked into stderr")
+    assert_lines_in_order(out, {
+      "token: <redacted>",
+      "log: calling the API with token <redacted>",
+      "env: DEMO_API_TOKEN=<redacted>",
+      "child: got a token of " .. #secret .. " characters",
+      "other child: API_TOKEN=unset DEMO_API_TOKEN=unset",
+      "bad env -> exec: cmd.env[1] has no '=' or an empty key",
+      "failing child -> exit status 3; stderr: upstream rejected the request",
+      "done",
+    })
+  end)
 end)

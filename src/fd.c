@@ -23,6 +23,10 @@ static tfd *new_fd(lua_State *L) {
   return f;
 }
 
+int *tether_newfd(lua_State *L) {
+  return &new_fd(L)->fd;
+}
+
 static tfd *check_open(lua_State *L, int idx) {
   tfd *f = luaL_checkudata(L, idx, TETHER_FD_MT);
   if (f->fd < 0) luaL_argerror(L, idx, "attempt to use a closed fd");

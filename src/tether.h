@@ -12,6 +12,8 @@ void tether_open_buffer(lua_State *L);
 void tether_open_process(lua_State *L);
 void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
+void tether_open_systemd(lua_State *L);
+void tether_open_pgroup(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */
@@ -29,6 +31,10 @@ void tether_reap_orphans(void);
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.
  * Raises naming the argument when it is none of these (fd.c). */
 int tether_checkfd(lua_State *L, int idx);
+
+/* Pushes a new tether fd, created closed (-1), and returns where to store the fd it
+ * owns; fill it after the syscall succeeds (fd.c). */
+int *tether_newfd(lua_State *L);
 
 #define TETHER_FD_MT "tether.fd"
 #define TETHER_PROC_MT "tether.process"
