@@ -48,6 +48,7 @@ build = {
             "src/env.c",
             "src/fd.c",
             "src/process.c",
+            "src/reaper.c",
             "src/signal.c",
             "src/sys.c",
          },
@@ -59,7 +60,13 @@ build = {
       ["tether.env"] = "lua/tether/env.lua",
       ["tether.errors"] = "lua/tether/errors.lua",
       ["tether.exec"] = "lua/tether/exec.lua",
+      ["tether.reaper"] = "lua/tether/reaper.lua",
       ["tether.signal"] = "lua/tether/signal.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
+   },
+   install = {
+      bin = {
+         ["tether-init"] = "bin/tether-init",
+      },
    },
 }
