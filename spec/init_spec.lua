@@ -104,7 +104,9 @@ for _, init in ipairs(inits) do
       end)
 
       it("exits with 128+n when signal n killed the child", function()
-        for _, n in ipairs { 1, 2, 9, 10, 12, 13, 14, 15 } do
+        -- Not SIGPIPE: busted's process may ignore it, and tini (unlike tether-init, whose
+        -- children start with default dispositions) passes an ignored signal on.
+        for _, n in ipairs { 1, 2, 3, 9, 10, 12, 14, 15 } do
           local _, err, code = run("unshare --pid --fork " .. init.cmd .. " -- sh -c " .. sq("kill -" .. n .. " $$"))
           assert.are.equal(128 + n, code, "signal " .. n .. ": " .. err)
         end
