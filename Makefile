@@ -103,7 +103,7 @@ demo: $(CORE)
 lint:
 	@command -v luacheck >/dev/null || { echo "luacheck is missing (Debian: lua-check)"; exit 1; }
 	@command -v cppcheck >/dev/null || { echo "cppcheck is missing (Debian: cppcheck)"; exit 1; }
-	@rc=0; luacheck -q --no-color lua spec examples scripts || rc=1; \
+	@rc=0; luacheck -q --no-color lua spec examples scripts bin/tether-init || rc=1; \
 	  cppcheck -q --force --std=c11 --enable=warning,performance,portability --error-exitcode=1 \
 	    --inline-suppr --config-exclude=/usr/include $(LUA_CFLAGS) -I src src || rc=1; \
 	  if [ $$rc = 0 ]; then echo "lint: luacheck and cppcheck clean"; fi; exit $$rc
