@@ -6,9 +6,10 @@
 # Modes:
 #   exit N            exit N, after checking that the parent is PID 1 (else exit 99
 #                     and say so on stderr)
-#   orphans N FILE    make N orphans (each a `sleep 2` whose parent exits at once), so
+#   orphans N FILE    make N orphans (each a `sleep 60` whose parent exits at once), so
 #                     they are re-parented to the init ($PPID); write "adopted K" to FILE
-#                     (K: living sleeps whose parent is $PPID), wait until none lives, then
+#                     (K: living sleeps whose parent is $PPID), kill them (SIGTERM), wait
+#                     until none lives, then
 #                     until no zombie is left (at most 20 s), write "zombies Z" (every
 #                     zombie in the namespace as PID 1's child; else the init's zombie
 #                     children); exit 0
@@ -68,10 +69,11 @@ orphans)
   pids=""
   i=0
   while [ $i -lt "$count" ]; do
-    pids="$pids $(sh -c 'sleep 2 </dev/null >/dev/null 2>&1 & echo $!')"
+    pids="$pids $(sh -c 'sleep 60 </dev/null >/dev/null 2>&1 & echo $!')"
     i=$((i + 1))
   done
   echo "adopted $(adopted_sleeps)" >> "$file"
+  kill $pids
   tries=0
   for p in $pids; do
     while :; do
