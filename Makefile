@@ -30,7 +30,7 @@ LDFLAGS += -shared -pthread
 
 # What make test and make demo need, from Debian's packages.
 DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix \
-  nginx libnginx-mod-http-lua curl lua-check cppcheck
+  nginx libnginx-mod-http-lua curl lua-check cppcheck tini
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -103,7 +103,7 @@ demo: $(CORE)
 lint:
 	@command -v luacheck >/dev/null || { echo "luacheck is missing (Debian: lua-check)"; exit 1; }
 	@command -v cppcheck >/dev/null || { echo "cppcheck is missing (Debian: cppcheck)"; exit 1; }
-	@rc=0; luacheck -q --no-color lua spec examples scripts || rc=1; \
+	@rc=0; luacheck -q --no-color lua spec examples scripts bin/tether-init || rc=1; \
 	  cppcheck -q --force --std=c11 --enable=warning,performance,portability --error-exitcode=1 \
 	    --inline-suppr --config-exclude=/usr/include $(LUA_CFLAGS) -I src src || rc=1; \
 	  if [ $$rc = 0 ]; then echo "lint: luacheck and cppcheck clean"; fi; exit $$rc
@@ -114,7 +114,8 @@ doc-coverage:
 	@$(LUA_BIN) scripts/doc-coverage.lua
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: tether.core and the Lua modules
-# where this Lua's default package.path and package.cpath look.
+# where this Lua's default package.path and package.cpath look, and bin/tether-init in
+# $(PREFIX)/bin with its first line naming this Lua's interpreter (e.g. /usr/bin/lua5.4).
 PREFIX ?= /usr/local
 LUA_ABI := $(if $(filter luajit,$(LUA)),5.1,$(LUA))
 INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
@@ -124,6 +125,9 @@ install: $(CORE)
 	install -d $(DESTDIR)$(INSTALL_CMOD)/tether $(DESTDIR)$(INSTALL_LMOD)/tether
 	install -m 755 $(CORE) $(DESTDIR)$(INSTALL_CMOD)/tether/core.so
 	cd lua && find tether -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(INSTALL_LMOD)/{} \;
+	install -d $(DESTDIR)$(PREFIX)/bin
+	sed '1s|.*|#!$(shell command -v $(LUA_BIN) || echo /usr/bin/env $(LUA_BIN))|' bin/tether-init > $(DESTDIR)$(PREFIX)/bin/tether-init
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/tether-init
 
 clean:
 	rm -rf build

@@ -49,6 +49,7 @@ build = {
             "src/fd.c",
             "src/pgroup.c",
             "src/process.c",
+            "src/reaper.c",
             "src/signal.c",
             "src/sys.c",
             "src/systemd.c",
@@ -61,9 +62,15 @@ build = {
       ["tether.env"] = "lua/tether/env.lua",
       ["tether.errors"] = "lua/tether/errors.lua",
       ["tether.exec"] = "lua/tether/exec.lua",
+      ["tether.reaper"] = "lua/tether/reaper.lua",
       ["tether.signal"] = "lua/tether/signal.lua",
       ["tether.supervisor"] = "lua/tether/supervisor.lua",
       ["tether.systemd"] = "lua/tether/systemd.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
+   },
+   install = {
+      bin = {
+         ["tether-init"] = "bin/tether-init",
+      },
    },
 }

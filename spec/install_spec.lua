@@ -133,7 +133,7 @@ describe("rockspec/tether-scm-1.rockspec", function()
       -- in the checkout.
       status, out = sh("mkdir " .. shquote(tmp .. "/src-copy") ..
         " && cd " .. shquote(ROOT) ..
-        " && cp -R rockspec src lua " .. shquote(tmp .. "/src-copy/"))
+        " && cp -R rockspec src lua bin " .. shquote(tmp .. "/src-copy/"))
       assert(status == 0, out)
       -- LuaRocks is itself a Lua program: keep make test's LUA_PATH (which
       -- points into the checkout) away from it and from the build.
@@ -154,6 +154,14 @@ describe("rockspec/tether-scm-1.rockspec", function()
 
     it("builds and installs without an error", function()
       assert(build_status == 0, "luarocks make failed:\n" .. tostring(build_log))
+    end)
+
+    it("installs bin/tether-init as a command that runs with the tree's modules", function()
+      assert(build_status == 0, "luarocks make failed:\n" .. tostring(build_log))
+      local status, out = sh("env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_" .. version:gsub("%.", "_") ..
+        " -u LUA_CPATH_" .. version:gsub("%.", "_") .. " " .. shquote(tree .. "/bin/tether-init") ..
+        " -s -e 3 -- sh -c 'exit 3'")
+      assert(status == 0, "tree/bin/tether-init failed (" .. tostring(status) .. "):\n" .. out)
     end)
 
     it("puts tether.core and every Lua module in the tree", function()

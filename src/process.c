@@ -1,6 +1,7 @@
 /* process.c - spawn (clone with CLONE_VM|CLONE_VFORK|CLONE_PIDFD), pidfd-backed processes
- * (tether.process), non-blocking reaping with wait4, and background reaping of processes
- * whose Lua objects were collected without wait. Never waitpid(-1).
+ * (tether.process), non-blocking reaping with wait4, background reaping of processes
+ * whose Lua objects were collected without wait, and the registry of tether's live
+ * children that reaper mode (reaper.c) stashes statuses in. Never waitpid(-1) here.
  *
  * Children start as "clone children" (exit signal 0): until execve, which makes the
  * exit signal SIGCHLD again, a host's waitpid(-1) cannot take them and a failed exec
@@ -50,6 +51,17 @@ extern char **environ;
 
 /* ---- the process object ------------------------------------------------------------ */
 
+/* One per live child of tether (spawned, or found by find_process while our child):
+ * looked up by pid when reaper mode's wait4(-1) reaps a process, so that the status
+ * reaches the Process object instead of being lost. In the pid table while unreaped. */
+struct child_rec {
+  pid_t pid;
+  int stashed;             /* reaped by the reaper: status and ru are final */
+  int status;
+  struct rusage ru;
+  struct child_rec *next;  /* pid table chain */
+};
+
 typedef struct {
   pid_t pid;       /* -1 until spawned */
   int pidfd;       /* -1 when none (old kernel, reaped or released) */
@@ -58,6 +70,7 @@ typedef struct {
   int released;    /* handed to the background reaper */
   int status;
   struct rusage ru;
+  struct child_rec *rec; /* NULL once reaped or released, or when not our child */
 } tproc;
 
 static tproc *check_proc(lua_State *L, int idx) {
@@ -73,42 +86,90 @@ static tproc *new_proc(lua_State *L) {
   return p;
 }
 
-/* ---- background reaping ------------------------------------------------------------ */
+/* ---- the registry of live children, and background reaping --------------------------- */
 
-static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
-static pid_t *orphans;
+/* One lock for the pid table and the orphan list. spawn holds it from clone until the
+ * child is in the table, and reaper.c holds it around its wait4(-1), so a child can
+ * never be reaped before tether knows it is its own. */
+static pthread_mutex_t children_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define NBUCKETS 256
+static struct child_rec *buckets[NBUCKETS];
+
+static struct child_rec **bucket_of(pid_t pid) { return &buckets[(unsigned)pid % NBUCKETS]; }
+
+static void rec_add(struct child_rec *r) {
+  struct child_rec **b = bucket_of(r->pid);
+  r->next = *b;
+  *b = r;
+}
+
+static void rec_remove(struct child_rec *r) {
+  for (struct child_rec **pp = bucket_of(r->pid); *pp; pp = &(*pp)->next)
+    if (*pp == r) { *pp = r->next; r->next = NULL; return; }
+}
+
+static struct child_rec *rec_find(pid_t pid) {
+  for (struct child_rec *r = *bucket_of(pid); r; r = r->next)
+    if (r->pid == pid) return r;
+  return NULL;
+}
+
+void tether_children_lock(void) { pthread_mutex_lock(&children_lock); }
+void tether_children_unlock(void) { pthread_mutex_unlock(&children_lock); }
+
+/* Called by the reaper, lock held, for each process its wait4(-1) reaped: 1 when it was
+ * one of tether's children (its status is kept for its Process), 0 otherwise. */
+int tether_child_stash(pid_t pid, int status, const struct rusage *ru) {
+  struct child_rec *r = rec_find(pid);
+  if (!r) return 0;
+  rec_remove(r); /* the pid is free for reuse from now on */
+  r->stashed = 1;
+  r->status = status;
+  r->ru = *ru;
+  return 1;
+}
+
+/* Released (collected) processes still running, lock held to touch. */
+static struct child_rec **orphans;
 static size_t orphan_cap;
 static atomic_size_t orphan_count;
 
-static void orphan_add(pid_t pid) {
-  pthread_mutex_lock(&orphan_lock);
+/* Lock held. Keeps r (still in the pid table) to be reaped later; 0 when out of memory. */
+static int orphan_add(struct child_rec *r) {
   size_t n = atomic_load(&orphan_count);
   if (n == orphan_cap) {
     size_t cap = orphan_cap ? orphan_cap * 2 : 16;
-    pid_t *p = realloc(orphans, cap * sizeof *p);
-    if (!p) { pthread_mutex_unlock(&orphan_lock); return; } /* cannot track: left to init */
+    struct child_rec **p = realloc(orphans, cap * sizeof *p);
+    if (!p) return 0;
     orphans = p;
     orphan_cap = cap;
   }
-  orphans[n] = pid;
+  orphans[n] = r;
   atomic_store(&orphan_count, n + 1);
-  pthread_mutex_unlock(&orphan_lock);
+  return 1;
 }
 
 void tether_reap_orphans(void) {
+  if (tether_reaper_on()) tether_reaper_step();
   if (atomic_load_explicit(&orphan_count, memory_order_relaxed) == 0) return;
   int saved = errno;
-  pthread_mutex_lock(&orphan_lock);
+  pthread_mutex_lock(&children_lock);
   size_t n = atomic_load(&orphan_count);
   for (size_t i = 0; i < n;) {
-    int st;
-    pid_t r = waitpid(orphans[i], &st, WNOHANG | __WALL);
-    if (r == orphans[i] || (r < 0 && errno == ECHILD)) orphans[i] = orphans[--n];
+    struct child_rec *r = orphans[i];
+    int st, gone = r->stashed;
+    if (!gone) {
+      pid_t w = waitpid(r->pid, &st, WNOHANG | __WALL);
+      gone = w == r->pid || (w < 0 && errno == ECHILD);
+      if (gone) rec_remove(r);
+    }
+    if (gone) { free(r); orphans[i] = orphans[--n]; }
     else i++;
   }
   atomic_store(&orphan_count, n);
   if (n == 0) { free(orphans); orphans = NULL; orphan_cap = 0; }
-  pthread_mutex_unlock(&orphan_lock);
+  pthread_mutex_unlock(&children_lock);
   errno = saved;
 }
 
@@ -134,9 +195,10 @@ static int proc_guard_children(lua_State *L) {
 /* ---- spawn --------------------------------------------------------------------------- */
 
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
-            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC };
+            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP };
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
-                                          "close", "setgroups", "setgid", "setuid", "exec" };
+                                          "close", "setgroups", "setgid", "setuid", "exec",
+                                          "tcsetpgrp" };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -151,6 +213,7 @@ struct child_args {
   int max_src_fd;
   pid_t pgid;            /* -1: keep; 0: own group; > 0: join that group */
   int setsid;
+  int foreground;        /* make the child's group the foreground group of the tty on fd 0 */
   int pdeathsig;         /* 0: none */
   pid_t parent_pid;
   int set_uid, set_gid, set_groups;
@@ -245,6 +308,9 @@ NO_ASAN static int child_main(void *arg) {
       step = STEP_DUP2; goto fail;
     }
   }
+  /* The terminal on the child's stdin gives its foreground to the child's group. All
+   * signals are still blocked here, so SIGTTOU cannot stop a background caller. */
+  if (a->foreground && tcsetpgrp(0, getpgrp()) < 0) { step = STEP_TCSETPGRP; goto fail; }
   /* Nothing else is inherited, whatever the host left without O_CLOEXEC. */
   if (syscall(SYS_close_range, (unsigned)a->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
     struct rlimit rl; /* kernel < 5.11: mark each possible fd */
@@ -348,6 +414,9 @@ static int proc_spawn(lua_State *L) {
   lua_getfield(L, 1, "setsid");
   a.setsid = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  lua_getfield(L, 1, "foreground");
+  a.foreground = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0, 0, 64);
   lua_Integer uid = opt_int_field(L, 1, "uid", -1, 0, 4294967294.0);
   lua_Integer gid = opt_int_field(L, 1, "gid", -1, 0, 4294967294.0);
@@ -385,6 +454,11 @@ static int proc_spawn(lua_State *L) {
 
   /* The object exists before the child does: no Lua error can strand a child. */
   tproc *p = new_proc(L);
+  struct child_rec *rec = calloc(1, sizeof *rec);
+  if (!rec) {
+    if (errpipe[0] >= 0) { close(errpipe[0]); close(errpipe[1]); }
+    return tether_fail(L, ENOMEM);
+  }
 
   /* The child runs on this buffer, on this thread's stack, while this thread is
    * suspended by CLONE_VFORK (as musl does): no allocation per spawn. */
@@ -397,6 +471,9 @@ static int proc_spawn(lua_State *L) {
   int inherit_env = a.envp == NULL;
   if (inherit_env) { tether_env_lock(); a.envp = environ; }
 
+  /* Held until the child is in the pid table: reaper mode's wait4(-1) cannot take it
+   * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
+  pthread_mutex_lock(&children_lock);
   int pidfd = -1;
   pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
   if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
@@ -405,6 +482,8 @@ static int proc_spawn(lua_State *L) {
     if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
   }
   int clone_err = errno;
+  if (pid > 0) { rec->pid = pid; rec_add(rec); }
+  pthread_mutex_unlock(&children_lock);
   UNPOISON(stack, sizeof stack);
 
   if (inherit_env) tether_env_unlock();
@@ -419,12 +498,17 @@ static int proc_spawn(lua_State *L) {
   }
 
   if (pid < 0) {
+    free(rec);
     lua_pushnil(L);
     lua_pushinteger(L, clone_err);
     lua_pushliteral(L, "clone");
     return 3;
   }
   if (a.err) { /* the child reported a failure and exited: reap it now */
+    pthread_mutex_lock(&children_lock);
+    rec_remove(rec); /* never exec'd: a clone child (exit signal 0) no wait4(-1) can take */
+    pthread_mutex_unlock(&children_lock);
+    free(rec);
     int st;
     while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {}
     if (pidfd >= 0) close(pidfd);
@@ -436,6 +520,7 @@ static int proc_spawn(lua_State *L) {
   p->pid = pid;
   p->pidfd = pidfd;
   p->owned = 1;
+  p->rec = rec;
   /* the process is on top of the stack */
   return 1;
 }
@@ -471,14 +556,23 @@ static int proc_try_wait(lua_State *L) {
   tproc *p = check_proc(L, 1);
   if (p->reaped) { push_state(L, p); return 1; }
   if (p->released || p->pid < 0) return tether_fail(L, ECHILD);
-  int st;
+  int st, e = 0;
   pid_t r;
-  do r = wait4(p->pid, &st, WNOHANG | __WALL, &p->ru); while (r < 0 && errno == EINTR);
-  if (r == 0) { lua_pushboolean(L, 0); return 1; }
-  if (r < 0) {
-    int e = errno;
-    return tether_fail(L, e);
+  pthread_mutex_lock(&children_lock);
+  struct child_rec *rec = p->rec;
+  if (rec && rec->stashed) { /* reaper mode reaped it first: its status waited here */
+    r = p->pid;
+    st = rec->status;
+    p->ru = rec->ru;
+  } else {
+    do r = wait4(p->pid, &st, WNOHANG | __WALL, &p->ru); while (r < 0 && errno == EINTR);
+    e = errno;
+    if (rec && r != 0) rec_remove(rec); /* reaped, or ECHILD: no longer ours either way */
   }
+  if (rec && r != 0) { free(rec); p->rec = NULL; }
+  pthread_mutex_unlock(&children_lock);
+  if (r == 0) { lua_pushboolean(L, 0); return 1; }
+  if (r < 0) return tether_fail(L, e);
   p->status = st;
   p->reaped = 1;
   drop_pidfd(p);
@@ -492,6 +586,10 @@ static int proc_signal(lua_State *L) {
   tproc *p = check_proc(L, 1);
   int sig = (int)luaL_checkinteger(L, 2);
   if (p->reaped || p->released || p->pid < 0) return tether_fail(L, ESRCH);
+  pthread_mutex_lock(&children_lock);
+  int stashed = p->rec && p->rec->stashed; /* reaped by the reaper: the pid may be reused */
+  pthread_mutex_unlock(&children_lock);
+  if (stashed) return tether_fail(L, ESRCH);
   int r = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) : -1;
   if (p->pidfd < 0 || (r < 0 && errno == ENOSYS))
     r = kill(p->pid, sig); /* unreaped: the pid cannot be recycled */
@@ -508,10 +606,20 @@ static int proc_pidfd(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pidfd
  * at a later tether call. Also __gc. */
 static int proc_release(lua_State *L) {
   tproc *p = check_proc(L, 1);
-  if (p->owned && !p->reaped && !p->released && p->pid > 0) {
-    int st;
-    pid_t r = waitpid(p->pid, &st, WNOHANG | __WALL);
-    if (r == 0) orphan_add(p->pid);
+  struct child_rec *rec = p->rec;
+  if (rec) {
+    pthread_mutex_lock(&children_lock);
+    int keep = 0;
+    if (!rec->stashed) {
+      if (p->owned) {
+        int st;
+        keep = waitpid(p->pid, &st, WNOHANG | __WALL) == 0 && orphan_add(rec);
+      }
+      if (!keep) rec_remove(rec); /* reaped now, not ours, or no memory to track it */
+    }
+    if (!keep) free(rec);
+    p->rec = NULL;
+    pthread_mutex_unlock(&children_lock);
   }
   p->released = 1;
   drop_pidfd(p);
@@ -527,6 +635,22 @@ static int proc_find(lua_State *L) {
   if (fd < 0 && errno != ENOSYS) return tether_fail(L, errno);
   p->pid = (pid_t)pid;
   p->pidfd = fd;
+  /* Our own child (started outside tether): registered, so reaper mode keeps its status. */
+  struct child_rec *rec = calloc(1, sizeof *rec);
+  if (rec) {
+    siginfo_t si;
+    pthread_mutex_lock(&children_lock);
+    si.si_pid = 0;
+    if (!rec_find((pid_t)pid) &&
+        waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0) {
+      rec->pid = (pid_t)pid;
+      rec_add(rec);
+      p->rec = rec;
+      rec = NULL;
+    }
+    pthread_mutex_unlock(&children_lock);
+    free(rec);
+  }
   return 1;
 }
 

@@ -29,6 +29,7 @@ static struct sigaction chained[NSIG];  /* the host's handler to call after ours
 static void on_signal(int sig, siginfo_t *info, void *uctx) {
   int saved = errno;
   atomic_fetch_add_explicit(&counts[sig], 1, memory_order_relaxed);
+  if (sig == SIGCHLD) tether_reaper_wake(); /* reaper mode (reaper.c) */
   atomic_store_explicit(&pending_any, 1, memory_order_release);
   if (pipe_w >= 0) {
     unsigned char b = (unsigned char)sig;

@@ -31,11 +31,12 @@ static int ms_until(double deadline) {
 
 /* poll(2) until an fd is ready (> 0) or the deadline passed (0), or -1 with errno. EINTR
  * restarts with the time left; poll's millisecond rounding never ends a wait early.
- * Reaps collected processes first, as every tether wait does. */
+ * Reaps collected processes first, as every tether wait does; in reaper mode the wait
+ * also wakes on SIGCHLD to reap (tether_poll, reaper.c). */
 static int poll_until(struct pollfd *pfd, int n, double deadline) {
-  tether_reap_orphans();
   for (;;) {
-    int r = poll(pfd, (nfds_t)n, ms_until(deadline));
+    tether_reap_orphans(); /* again after each EINTR: in reaper mode, a SIGCHLD */
+    int r = tether_poll(pfd, (unsigned long)n, ms_until(deadline));
     if (r > 0) return r;
     if (r == 0 && (deadline < 0 || mono_now() >= deadline)) return 0;
     if (r < 0 && errno != EINTR) return -1;
@@ -101,6 +102,10 @@ static int sys_sleep_until(lua_State *L) {
   ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
   if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
   if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+  if (tether_reaper_on()) { /* reaper mode: a sleep is a wait that reaps (no fds) */
+    poll_until(NULL, 0, deadline);
+    return 0;
+  }
   while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
   tether_reap_orphans();
   return 0;

@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "compat.h"
 
+#include <sys/types.h>
+
 /* Each C file registers its functions into the core table on top of the stack. */
 void tether_open_sys(lua_State *L);
 void tether_open_fd(lua_State *L);
@@ -14,6 +16,7 @@ void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
 void tether_open_systemd(lua_State *L);
 void tether_open_pgroup(lua_State *L);
+void tether_open_reaper(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */
@@ -27,6 +30,21 @@ void tether_env_unlock(void);
 /* Reap processes whose Lua objects were collected without wait (process.c).
  * Cheap when there are none; called from the common entry points. */
 void tether_reap_orphans(void);
+
+/* Reaper mode (reaper.c). The registry of tether's live children (process.c): the lock
+ * guards it; tether_child_stash (lock held) keeps a reaped child's status for its
+ * Process and says whether the pid was one of tether's children. */
+struct rusage;
+struct pollfd;
+void tether_children_lock(void);
+void tether_children_unlock(void);
+int tether_child_stash(pid_t pid, int status, const struct rusage *ru);
+int tether_reaper_on(void);            /* reaper mode is on (an atomic load) */
+int tether_reaper_step(void);          /* reaps what has exited; returns orphans reaped */
+void tether_reaper_wake(void);         /* async-signal-safe: SIGCHLD arrived (signal.c) */
+/* poll(2), plus the reaper's wake-up fd while reaper mode is on: a SIGCHLD during the
+ * wait reaps (and the call returns -1/EINTR when nothing else became ready). */
+int tether_poll(struct pollfd *pfd, unsigned long n, int ms);
 
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.
  * Raises naming the argument when it is none of these (fd.c). */

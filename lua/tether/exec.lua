@@ -512,6 +512,8 @@ local function validate(self)
   if self.setpgid == true then pgid = 0
   elseif is_fdnum(self.setpgid) then pgid = self.setpgid
   elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
+  if self.foreground ~= nil and type(self.foreground) ~= "boolean" then error("exec: cmd.foreground must be a boolean", 3) end
+  if self.foreground and pgid == nil then pgid = 0 end -- implies its own group (as Go's Foreground)
   local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
   for _, f in ipairs { "uid", "gid" } do
     local v = self[f]
@@ -643,7 +645,7 @@ function Cmd:start()
   end
   local p, errno, step = core.spawn {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
-    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig,
+    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
     uid = self.uid, gid = self.gid, groups = self.groups,
   }
   close_all(close_after)

@@ -222,7 +222,8 @@ function tether.waiters.ngx(fd, events, timeout)
   end
 end
 
-local submodules = { exec = true, errors = true, env = true, signal = true, context = true, supervisor = true, systemd = true }
+local submodules = { exec = true, errors = true, env = true, signal = true, context = true,
+  supervisor = true, systemd = true, reaper = true }
 
 return setmetatable(tether, {
   __index = function(t, k)

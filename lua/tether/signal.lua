@@ -263,7 +263,9 @@ do
     local prev = context._wait_fds
     context._wait_fds = function()
       local list = prev and prev() or {}
-      if nwatched > 0 then list[#list + 1] = core.signal_fd(); list[#list + 1] = "r" end
+      -- pump first: a pipe left readable by signals already counted would wake the wait
+      -- at once, again and again (a wait_any with no channel or context in its list)
+      if nwatched > 0 then pump(); list[#list + 1] = core.signal_fd(); list[#list + 1] = "r" end
       return list
     end
   end
