@@ -222,7 +222,8 @@ function tether.waiters.ngx(fd, events, timeout)
   end
 end
 
-local submodules = { exec = true, errors = true, env = true, signal = true, context = true }
+local submodules = { exec = true, errors = true, env = true, signal = true, context = true,
+  fs = true, sync = true }
 
 return setmetatable(tether, {
   __index = function(t, k)
