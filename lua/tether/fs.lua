@@ -79,6 +79,17 @@ end
 
 local read_opts = { limit = true, ctx = true }
 
+-- canceled(op, path, cerr) -> the error of an op that a done context stopped: wraps cerr.
+local function canceled(op, path, cerr)
+  return errors.new { op = op, path = path, err = cerr }
+end
+
+-- Raises for paths[i]: not a string (why = its type) or with a NUL byte (why = nil).
+local function bad_path(i, why)
+  if why then error(format("fs.read_files: paths[%d] must be a string, got %s", i, why), 3) end
+  error(format("fs.read_files: paths[%d] must not contain a NUL byte", i), 3)
+end
+
 --- fs.read_files(paths [, opts]) -> datas, errs | nil, err.
 -- Reads every file of the list paths through the lane. datas[i] is the content of
 -- paths[i] (a string) or false; errs[i] is nil, or an error object (err.op "open" or
@@ -101,20 +112,23 @@ function M.read_files(paths, opts)
     error(format("fs.read_files: limit must be an integer from 1 to %d", M.MAX_LIMIT), 2)
   end
   local ctx = opts.ctx
-  local b, datas, n = core.lane_read(paths, limit)
-  if b == false then
-    if n then
-      error(format("fs.read_files: paths[%d] must be a string, got %s", datas, n), 2)
+  if ctx and ctx:done() then
+    -- Start nothing: every path gets ctx's error (after the same argument checks).
+    local datas, errs, cerr = {}, {}, ctx:err()
+    for i = 1, #paths do
+      local p = paths[i]
+      if type(p) ~= "string" then bad_path(i, type(p)) end
+      if p:find("\0", 1, true) then bad_path(i) end
+      datas[i], errs[i] = false, canceled("read", p, cerr)
     end
-    error(format("fs.read_files: paths[%d] must not contain a NUL byte", datas), 2)
+    return datas, errs
   end
+  local b, datas, n = core.lane_read(paths, limit)
+  if b == false then bad_path(datas, n) end
   if b == nil then return nil, errors.from_errno("read_files", nil, datas) end
   local fails, errs = {}, {}
-  local complete = n == 0 or (not (ctx and ctx:done()) and drive(b, n, ctx, datas, fails))
-  if not complete then
-    b:cancel()
-    b:collect(datas, fails)
-  end
+  local complete = n == 0 or drive(b, n, ctx, datas, fails)
+  if not complete then b:collect(datas, fails) end
   b:close()
   for k = 1, #fails, 3 do
     local i = fails[k]
@@ -123,10 +137,7 @@ function M.read_files(paths, opts)
   if not complete then
     local cerr = ctx:err()
     for i = 1, n do
-      if datas[i] == nil then
-        datas[i] = false
-        errs[i] = errors.new { op = "read", path = paths[i], err = cerr }
-      end
+      if datas[i] == nil then datas[i], errs[i] = false, canceled("read", paths[i], cerr) end
     end
   end
   return datas, errs
@@ -145,13 +156,13 @@ function M.read_file(path, opts)
   return datas[1]
 end
 
--- one(kind, b, ctx, path, write) -> result | nil, err: drives a batch of one op.
+-- one(b, ctx, path, write, op) -> result | nil, err: drives a batch of one op.
 local function one(b, ctx, path, write, op)
   local datas, fails = {}, {}
-  local complete = not (ctx and ctx:done()) and drive(b, 1, ctx, datas, fails, write)
+  local complete = drive(b, 1, ctx, datas, fails, write)
   b:close()
   if fails[1] then return nil, errors.from_errno(fails[3], path, fails[2]) end
-  if not complete then return nil, errors.new { op = op, path = path, err = ctx:err() } end
+  if not complete then return nil, canceled(op, path, ctx:err()) end
   return datas[1]
 end
 
@@ -180,6 +191,9 @@ function M.write_file(path, data, opts)
   if mode ~= nil and (type(mode) ~= "number" or mode ~= floor(mode) or mode < 0 or mode > 4095) then
     error("fs.write_file: mode must be an integer from 0 to 4095 (octal 07777)", 2)
   end
+  if opts.ctx and opts.ctx:done() then
+    return nil, canceled("write", path, opts.ctx:err())
+  end
   local b, e = core.lane_write(path, data, opts.atomic and true or false, opts.sync and true or false, mode)
   if not b then return nil, errors.from_errno("write_file", path, e) end
   return one(b, opts.ctx, path, true, "write")
@@ -197,9 +211,13 @@ local stat_opts = { follow = true, ctx = true }
 function M.stat(path, opts)
   check_path("stat", path)
   opts = check_opts("stat", opts, stat_opts)
+  local op = opts.follow == false and "lstat" or "stat"
+  if opts.ctx and opts.ctx:done() then
+    return nil, canceled(op, path, opts.ctx:err())
+  end
   local b, e = core.lane_stat(path, opts.follow ~= false)
   if not b then return nil, errors.from_errno("stat", path, e) end
-  return one(b, opts.ctx, path, false, opts.follow == false and "lstat" or "stat")
+  return one(b, opts.ctx, path, false, op)
 end
 
 --- fs.lane_stats() -> {threads = n, idle = n}: the lane's threads now (in the whole
