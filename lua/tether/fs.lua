@@ -21,10 +21,12 @@ local floor = math.floor
 
 local M = {}
 
+local LANE_MAX, LANE_IDLE = core.lane_max, core.lane_idle
+
 --- fs.DEFAULT_LIMIT: the limit of a call that gives none.
 M.DEFAULT_LIMIT = 4
 --- fs.MAX_LIMIT: the largest limit a call may give.
-M.MAX_LIMIT = core.lane_max
+M.MAX_LIMIT = LANE_MAX
 
 local function is_context(v)
   return wait.is_context(v)
@@ -229,6 +231,6 @@ function M.lane_stats()
 end
 
 --- fs.IDLE_TIMEOUT: seconds an idle lane thread waits for work before it exits.
-M.IDLE_TIMEOUT = core.lane_idle
+M.IDLE_TIMEOUT = LANE_IDLE
 
 return M
