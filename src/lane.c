@@ -6,8 +6,10 @@
  * Lane threads take ops from the listed batches (round robin), never more than a batch's
  * limit at once, and record each completion in the batch's completion list. The Lua thread
  * never blocks on disk: it collects completions without blocking, and when there are none it
- * "arms" the batch and waits on the eventfd through tether's waiter; a lane thread finishing
- * an op of an armed batch writes the eventfd (one wake-up per wait, not per op).
+ * "arms" the batch for k more completions and waits on the eventfd through tether's waiter; the
+ * lane thread that records the k-th writes the eventfd (one wake-up per wait, not per op).
+ * A thread claims a few consecutive ops of a big batch at once (fewer lock round trips); it
+ * still makes one syscall at a time, and a batch never has more than `limit` threads on it.
  *
  * Threads: created on demand, at most min(limit, n) - idle threads per batch (so a call never
  * adds more than limit threads), named tether-fs1..., started with every signal blocked
@@ -36,6 +38,7 @@
 #define LANE_IDLE_NS 200000000L      /* an idle lane thread exits after 0.2 s */
 #define LANE_STACK ((size_t)256 << 10)
 #define BATCH_MT "tether.lanebatch"
+#define CLAIM_MAX 8                  /* most ops a thread claims from a batch at once */
 
 enum { K_READ, K_STAT, K_WRITE };
 
@@ -44,8 +47,9 @@ struct batch {
   atomic_int cancel;       /* set by cancel(): long reads stop between chunks */
   int kind, limit, efd, follow;
   /* under lane.mu */
-  int inflight, armed, listed;
+  int inflight, armed, listed; /* inflight: threads working on the batch */
   size_t n, next, ndone;   /* ops [next, n) are queued; order[0, ndone) completed */
+  size_t wake_at;          /* armed: write the eventfd once ndone reaches this */
   struct batch *prev, *nextb;
   /* the Lua thread's */
   size_t ncollected;
@@ -96,12 +100,18 @@ static void list_tail(struct batch *b) {
   b->listed = 1;
 }
 
-/* Takes the next op a thread may run (round robin over batches under their limit), under
- * lane.mu; the thread holds a reference to its batch until the op is recorded. */
-static int pick(struct batch **bp, size_t *ip) {
+/* Takes the next ops a thread may run, [*ip, *ip + *np) (round robin over batches under their
+ * limit), under lane.mu; the thread holds a reference to the batch until they are recorded.
+ * It claims up to CLAIM_MAX ops while the batch has plenty left for its other threads. */
+static int pick(struct batch **bp, size_t *ip, size_t *np) {
   for (struct batch *b = lane.head; b; b = b->nextb) {
     if (b->inflight >= b->limit) continue;
-    *ip = b->next++;
+    size_t k = (b->n - b->next) / (4 * (size_t)b->limit);
+    if (k < 1) k = 1;
+    if (k > CLAIM_MAX) k = CLAIM_MAX;
+    *ip = b->next;
+    *np = k;
+    b->next += k;
     b->inflight++;
     lane.nbusy++;
     atomic_fetch_add(&b->refs, 1);
@@ -136,15 +146,17 @@ static void *lane_main(void *arg) {
   pthread_mutex_lock(&lane.mu);
   for (;;) {
     struct batch *b;
-    size_t i;
-    if (pick(&b, &i)) {
+    size_t i, k, ran = 0;
+    if (pick(&b, &i, &k)) {
       pthread_mutex_unlock(&lane.mu);
-      run_op(b, i);
+      /* A cancelled batch's claimed ops are left undone (the Lua side marks them). */
+      while (ran < k && (ran == 0 || !atomic_load_explicit(&b->cancel, memory_order_relaxed)))
+        run_op(b, i + ran++);
       pthread_mutex_lock(&lane.mu);
       b->inflight--;
       lane.nbusy--;
-      b->order[b->ndone++] = i;
-      if (b->armed) {
+      for (size_t j = 0; j < ran; j++) b->order[b->ndone++] = i + j;
+      if (b->armed && b->ndone >= b->wake_at) {
         b->armed = 0;
         pthread_mutex_unlock(&lane.mu);
         uint64_t one = 1;
@@ -483,13 +495,19 @@ static int batch_collect(lua_State *L) {
   return 1;
 }
 
-/* batch:arm() -> true when there is nothing to collect: the next completion will make fd()
- * readable, so the caller may wait on it; false when collect() has something (or all done). */
+/* batch:arm([k]) -> true when there is nothing to collect: fd() becomes readable once k more
+ * ops (default 1; fewer when fewer are left) have completed, so the caller may wait on it;
+ * false when collect() has something (or all done). */
 static int batch_arm(lua_State *L) {
   struct batch *b = check_batch(L);
+  lua_Integer k = luaL_optinteger(L, 2, 1);
+  if (k < 1) k = 1;
   pthread_mutex_lock(&lane.mu);
   int wait = b->ndone == b->ncollected && b->ndone < b->n;
-  if (wait) b->armed = 1;
+  if (wait) {
+    b->armed = 1;
+    b->wake_at = b->ndone + ((size_t)k < b->n - b->ndone ? (size_t)k : b->n - b->ndone);
+  }
   pthread_mutex_unlock(&lane.mu);
   lua_pushboolean(L, wait);
   return 1;

@@ -17,7 +17,7 @@ local errors = require "tether.errors"
 local wait = require "tether.wait"
 
 local type, error, format = type, error, string.format
-local floor = math.floor
+local floor, min = math.floor, math.min
 
 local M = {}
 
@@ -56,18 +56,21 @@ local function check_path(fname, path)
   end
 end
 
--- drive(b, n, ctx, datas, fails, write) -> true when all n ops of batch b completed (results
--- collected into datas and fails), false when ctx was done first (b is then cancelled; ops
--- not collected have a nil datas entry). A write that has started is waited for whatever ctx
--- says: its outcome must be known.
-local function drive(b, n, ctx, datas, fails, write)
+-- drive(b, n, ctx, datas, fails, write, batch) -> true when all n ops of batch b completed
+-- (results collected into datas and fails), false when ctx was done first (b is then
+-- cancelled; ops not collected have a nil datas entry). A write that has started is waited
+-- for whatever ctx says: its outcome must be known. batch: wake up after this many
+-- completions (nil = each one).
+local function drive(b, n, ctx, datas, fails, write, batch)
   local fd = b:fd()
-  while b:collect(datas, fails) < n do
+  while true do
+    local got = b:collect(datas, fails)
+    if got >= n then break end
     if ctx and ctx:done() then
       local started = b:cancel()
       if not write or started == 0 then return false end
       ctx = nil
-    elseif b:arm() then
+    elseif b:arm(batch and min(n - got, batch) or 1) then
       if ctx then
         wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), ctx:deadline())
       else
@@ -80,6 +83,10 @@ local function drive(b, n, ctx, datas, fails, write)
 end
 
 local read_opts = { limit = true, ctx = true }
+
+-- read_files waits for this many completions per thread before it wakes to collect them
+-- (fewer wake-ups; the Lua thread turns them into strings while the lane reads on).
+local WAKE_EVERY = 16
 
 -- canceled(op, path, cerr) -> the error of an op that a done context stopped: wraps cerr.
 local function canceled(op, path, cerr)
@@ -129,7 +136,7 @@ function M.read_files(paths, opts)
   if b == false then bad_path(datas, n) end
   if b == nil then return nil, errors.from_errno("read_files", nil, datas) end
   local fails, errs = {}, {}
-  local complete = n == 0 or drive(b, n, ctx, datas, fails)
+  local complete = n == 0 or drive(b, n, ctx, datas, fails, false, WAKE_EVERY * limit)
   if not complete then b:collect(datas, fails) end
   b:close()
   for k = 1, #fails, 3 do
