@@ -37,6 +37,7 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
   struct stat st;
   if (fstat(fd, &st) < 0) { fail(op, "stat", errno); close(fd); return; }
   size_t cap = FIRST_CAP;
+  int blocking = 0;
   if (S_ISREG(st.st_mode)) {
     /* st_size + 1, so that the read seeing EOF fits without growing. A file that grows
      * meanwhile is read to its end all the same; /proc files report size 0. */
@@ -45,7 +46,7 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
   } else {
     /* Not a regular file: reads block like Go's os.ReadFile (no EAGAIN to handle). */
     int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    if (fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0) blocking = 1;
   }
   char *buf = malloc(cap);
   if (!buf) { fail(op, "read", ENOMEM); close(fd); return; }
@@ -63,6 +64,11 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
     ssize_t r = read(fd, buf + len, want);
     if (r < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN && !blocking) {
+        /* A file system that honours O_NONBLOCK on this file: read it blocking. */
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0) { blocking = 1; continue; }
+      }
       fail(op, "read", errno);
       break;
     }
