@@ -119,15 +119,17 @@ describe("fs.read_files", function()
     assert(sampler:start())
     while #(util.readfile(out) or "") == 0 do util.sleep(0.01) end
     -- Observer 2: our own waiter, called whenever read_files waits for completions.
-    local seen, waits = 0, 0
+    local seen = 0
     tether.set_waiter(function(fd, events, timeout)
-      waits = waits + 1
       local t = tether.threads()
       if t > seen then seen = t end
       core.poll(fd, events, timeout and core.now() + timeout)
     end)
     local datas, errs = fs.read_files(paths, { limit = n })
     tether.set_waiter(nil)
+    -- Lane threads stay for fs.IDLE_TIMEOUT: count them as it returns too (on a busy machine
+    -- the Lua thread may seldom have to wait).
+    if tether.threads() > seen then seen = tether.threads() end
     util.writefile(stop, "")
     assert(sampler:wait())
     local sampled = 0
@@ -149,8 +151,7 @@ describe("fs.read_files", function()
         assert.is_nil(errs[i])
       end
     end
-    assert.is_true(waits > 0, "read_files never waited")
-    assert.is_true(seen > base, "the waiter never saw a lane thread")
+    assert.is_true(seen > base, "no lane thread was ever seen")
     assert.is_true(seen <= base + n, ("waiter saw %d threads, base %d, limit %d"):format(seen, base, n))
     assert.is_true(sampled <= base + n, ("second process saw %d threads, base %d, limit %d"):format(sampled, base, n))
   end)
@@ -193,6 +194,7 @@ describe("fs.read_files", function()
     local waits = 0
     tether.set_waiter(function(fd, events, timeout)
       waits = waits + 1
+      assert(fifo.wait_opened()) -- the lane thread now waits on the FIFO
       cancel()
       core.poll(fd, events, timeout and core.now() + timeout)
     end)
