@@ -1,7 +1,8 @@
 --- tether: Go's process model for Lua (os/exec, os/signal, context).
 --
 -- The top-level module: clock, identity, sleep, exit, main, and the waiter.
--- Sub-modules load on first use: tether.exec, tether.errors, tether.env.
+-- Sub-modules load on first use: tether.exec, tether.errors, tether.env, tether.signal,
+-- tether.context, tether.fs, tether.sync.
 local core = require "tether.core"
 local wait = require "tether.wait"
 
