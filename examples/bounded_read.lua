@@ -9,20 +9,20 @@
 --   lua5.4 examples/bounded_read.lua [NFILES] [LIMIT]
 local tether = require "tether"
 local fs = require "tether.fs"
-local exec = require "tether.exec"
 local core = require "tether.core"
 
 local nfiles, limit = tonumber(arg and arg[1]) or 500, tonumber(arg and arg[2]) or 4
 
 tether.main(function()
-  -- Some files to read: f1 .. fN, each saying which it is.
-  local dir = assert(exec.command("mktemp", "-d", "/tmp/tether-bounded-read.XXXXXX"):output()):gsub("\n$", "")
+  -- Some files to read, each saying which it is (temporary files: os.tmpname creates them).
   local paths = {}
   for i = 1, nfiles do
-    paths[i] = dir .. "/f" .. i
+    paths[i] = os.tmpname()
     assert(fs.write_file(paths[i], ("file %d\n"):format(i)))
   end
-  paths[#paths + 1] = dir .. "/missing" -- one that does not exist
+  local missing = os.tmpname()
+  os.remove(missing)
+  paths[#paths + 1] = missing -- one that does not exist
 
   -- Let the threads that wrote the files idle out, so that "before" is the program alone.
   while fs.lane_stats().threads > 0 do tether.sleep(0.05) end
@@ -60,6 +60,6 @@ tether.main(function()
     tether.sleep(0.05)
   end
   print(("after idle: %d thread(s); back to the start: %s"):format(tether.threads(), tostring(tether.threads() == before)))
+  for i = 1, nfiles do os.remove(paths[i]) end
 
-  assert(exec.command("rm", "-rf", dir):run())
 end)
