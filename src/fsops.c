@@ -37,12 +37,15 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
   struct stat st;
   if (fstat(fd, &st) < 0) { fail(op, "stat", errno); close(fd); return; }
   size_t cap = FIRST_CAP;
-  int blocking = 0;
+  int blocking = 0, sized = 0;
   if (S_ISREG(st.st_mode)) {
     /* st_size + 1, so that the read seeing EOF fits without growing. A file that grows
      * meanwhile is read to its end all the same; /proc files report size 0. */
     if ((uintmax_t)st.st_size >= SIZE_MAX / 4) { fail(op, "read", EFBIG); close(fd); return; }
-    if (st.st_size > 0) cap = (size_t)st.st_size + 1;
+    if (st.st_size > 0) {
+      cap = (size_t)st.st_size + 1;
+      sized = 1;
+    }
   } else {
     /* Not a regular file: reads block like Go's os.ReadFile (no EAGAIN to handle). */
     int fl = fcntl(fd, F_GETFL);
@@ -74,6 +77,10 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
     }
     if (r == 0) break;
     len += (size_t)r;
+    /* A regular file that gave less than asked, ending exactly at its stat size, is at its
+     * end: skip the read that would return 0 (local file systems read short only at end of
+     * file, and lane threads take no signals). A short read before that size reads on. */
+    if (sized && (size_t)r < want && len == (size_t)st.st_size) break;
     if (len >= CHUNK && atomic_load_explicit(cancel, memory_order_relaxed)) {
       fail(op, "read", ECANCELED);
       break;
