@@ -51,6 +51,7 @@ build = {
             "src/lane.c",
             "src/process.c",
             "src/signal.c",
+            "src/slab.c",
             "src/sync.c",
             "src/sys.c",
          },

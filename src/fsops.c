@@ -51,13 +51,24 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0) blocking = 1;
   }
-  char *buf = malloc(cap);
+  int slab;
+  char *buf = lane_buf_alloc(cap, &slab);
   if (!buf) { fail(op, "read", ENOMEM); close(fd); return; }
   size_t len = 0;
   for (;;) {
     if (len == cap) {
       if (cap > SIZE_MAX / 4) { fail(op, "read", EFBIG); break; }
-      char *nb = realloc(buf, cap * 2);
+      char *nb;
+      if (slab) { /* out of the slab into malloc'ed memory */
+        nb = malloc(cap * 2);
+        if (nb) {
+          memcpy(nb, buf, len);
+          lane_buf_free(buf, 1);
+          slab = 0;
+        }
+      } else {
+        nb = realloc(buf, cap * 2);
+      }
       if (!nb) { fail(op, "read", ENOMEM); break; }
       buf = nb;
       cap *= 2;
@@ -87,9 +98,10 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
     }
   }
   close(fd);
-  if (op->err) { free(buf); return; }
+  if (op->err) { lane_buf_free(buf, slab); return; }
   op->data = buf;
   op->len = len;
+  op->slab = slab;
 }
 
 static int write_all(int fd, const char *p, size_t n) {

@@ -70,7 +70,7 @@ static struct {
 
 static void batch_free(struct batch *b) {
   if (b->ops && b->kind == K_READ)
-    for (size_t i = 0; i < b->n; i++) free(b->ops[i].data);
+    for (size_t i = 0; i < b->n; i++) lane_buf_free(b->ops[i].data, b->ops[i].slab);
   if (b->efd >= 0) close(b->efd);
   free(b->ops);
   free(b->order);
@@ -180,6 +180,7 @@ static void *lane_main(void *arg) {
   lane.slot[slot] = 0;
   lane.nthreads--;
   pthread_mutex_unlock(&lane.mu);
+  lane_buf_thread_exit();
   return NULL;
 }
 
@@ -479,7 +480,7 @@ static int batch_collect(lua_State *L) {
       lua_rawseti(L, 3, ++nf);
     } else if (b->kind == K_READ) {
       lua_pushlstring(L, op->data ? op->data : "", op->len);
-      free(op->data);
+      lane_buf_free(op->data, op->slab);
       op->data = NULL;
       lua_rawseti(L, 2, (lua_Integer)i + 1);
     } else if (b->kind == K_STAT) {

@@ -15,6 +15,7 @@ struct lane_op {
   char *data;         /* read: the file's bytes (malloc'ed, owned by the op until taken);
                          write: the bytes to write (owned by the batch) */
   size_t len;
+  int slab;           /* read: data was cut from a lane thread's slab (slab.c) */
   int err;            /* 0, or the errno of the failed step */
   const char *errop;  /* the failed step, Go's PathError op: "open", "read", "write", ... */
 };
@@ -32,6 +33,13 @@ struct lane_wopts {
  * loops over short reads, grows its buffer for files whose size stat does not tell (/proc).
  * *cancel becoming non-zero stops a long read between chunks with ECANCELED. */
 void fsop_read(struct lane_op *op, const atomic_int *cancel);
+
+/* Read buffers (slab.c): small ones cut from the calling lane thread's huge-page slab, big
+ * ones from malloc (*from_slab says which). lane_buf_free may be called from any thread.
+ * lane_buf_thread_exit lets go of the thread's slab. */
+char *lane_buf_alloc(size_t size, int *from_slab);
+void lane_buf_free(char *p, int from_slab);
+void lane_buf_thread_exit(void);
 
 /* Writes op->data/op->len to op->path as *w asks; on failure no temp file is left. */
 void fsop_write(struct lane_op *op, const struct lane_wopts *w);
