@@ -37,6 +37,7 @@ export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 export TETHER_LUA := $(LUA_BIN)
 export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
 export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
+export TETHER_SEMTHREAD := $(CURDIR)/$(BUILD)/spec/semthread.so
 
 .PHONY: all deps test test-all demo clean install
 
@@ -81,7 +82,13 @@ $(BUILD)/spec/hosthandler.so: spec/helpers/hosthandler.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -fPIC -shared $(LUA_CFLAGS) -o $@ $<
 
-test: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so
+# A spec helper: runs Lua code in another lua_State on another thread with a semaphore shared
+# through tether_sem_push (spec/helpers/semthread.c, built with src/sync.c).
+$(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c $(HDRS) | deps
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c
+
+test: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
 	@mkdir -p $(BUILD)
 	@tap=$(BUILD)/test.$$$$.tap; \
 	  $(LUA_BIN) /usr/bin/busted -o TAP spec > $$tap 2>$$tap.err; rc=$$?; \
@@ -147,6 +154,7 @@ ASAN_FLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
   TETHER_SIGEXEC=$(CURDIR)/$(ASAN_BUILD)/sigexec \
   TETHER_HOSTHANDLER=$(CURDIR)/$(ASAN_BUILD)/spec/hosthandler.so \
+  TETHER_SEMTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/semthread.so \
   TETHER_LUA=$(CURDIR)/spec/helpers/asan-lua TETHER_ASAN_LUA=$(LUA_BIN) \
   TETHER_ASAN_LIB=$$(gcc -print-file-name=libasan.so) \
   ASAN_OPTIONS=detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:log_path=$(CURDIR)/$(ASAN_BUILD)/report \
@@ -156,7 +164,8 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
 .PHONY: check-asan check-valgrind
 check-asan:
 	@CFLAGS="-O1 -g $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)" $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
-	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so
+	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so \
+	  $(ASAN_BUILD)/spec/semthread.so
 	@rm -f $(ASAN_BUILD)/report.*
 	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP spec \
 	    > $(ASAN_BUILD)/test.tap 2>$(ASAN_BUILD)/test.err; rc=$$?; \
@@ -176,7 +185,7 @@ VG_SPECS ?= spec
 VALGRIND ?= valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
   --child-silent-after-fork=yes --trace-children=no --suppressions=spec/helpers/valgrind.supp
 
-check-valgrind: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so
+check-valgrind: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
 	@mkdir -p $(VG_DIR)
 	@TETHER_VALGRIND=1 timeout -s KILL 3600 $(VALGRIND) --log-file=$(VG_DIR)/valgrind.log \
 	    $(LUA_BIN) /usr/bin/busted --helper=spec/helpers/valgrind.lua \

@@ -6,7 +6,8 @@
 # Every program runs N operations in one process and prints ONE number on its last stdout line
 # (a rate or a per-op median; see the peers' bench.h). Peers whose toolchain is missing are
 # skipped with a note.
-# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 sys (default: all)   env: REPS=3 LUA_BIN=lua5.4
+# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 sys (default: all)   env: REPS=3 LUA_BIN=lua5.4
+# Case 6 reads files made in $BENCH_FILES (default /tmp/tether-bench-files; kept between runs).
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$REPO/bench
@@ -36,13 +37,13 @@ HAVE_C=0 HAVE_GO=0 HAVE_PY=0 HAVE_LUV=0 HAVE_POSIX=0 HAVE_TIME=0
 NOTES=()
 if has gcc; then
   HAVE_C=1
-  for f in c_spawn_vfork c_spawn_posix_spawn c_spawn_fork c_capture c_capture2 c_signal_selfpipe c_signalfd; do
+  for f in c_spawn_vfork c_spawn_posix_spawn c_spawn_fork c_capture c_capture2 c_signal_selfpipe c_signalfd c_readfiles; do
     gcc -O2 -Wall -o "$B/$f" "$PEERS/$f.c" -lpthread >>"$LOG" 2>&1 || { echo "build failed: $f.c (see $LOG)" >&2; exit 1; }
   done
 else NOTES+=("gcc missing: C peers skipped (Debian: gcc)"); fi
 if has go; then
   HAVE_GO=1
-  for f in go_spawn go_capture go_capture2 go_signal; do
+  for f in go_spawn go_capture go_capture2 go_signal go_readfiles; do
     (cd "$PEERS" && go build -o "$B/$f" "$f.go") >>"$LOG" 2>&1 || { NOTES+=("go build $f.go failed: skipped"); }
   done
 else NOTES+=("go missing: Go peers skipped (Debian: golang-go)"); fi
@@ -214,6 +215,34 @@ case5() {
   run_case 5 "Case 5: SIGUSR1 to self until it is received, N=10000 round trips" "us per round trip (median)" lower 60
 }
 
+# 10000 files of 4 KiB, page-cached (the peers' mkfiles.py; a shell loop without Python).
+BENCH_FILES=${BENCH_FILES:-/tmp/tether-bench-files}
+make_files() {
+  if [ $HAVE_PY = 1 ]; then $PY "$PEERS/mkfiles.py" "$BENCH_FILES" 10000 4096 >>"$LOG" 2>&1; return; fi
+  mkdir -p "$BENCH_FILES"
+  local i p
+  for ((i = 0; i < 10000; i++)); do
+    p=$(printf '%s/f%05d' "$BENCH_FILES" $i)
+    [ "$(stat -c %s "$p" 2>/dev/null)" = 4096 ] || head -c 4096 /dev/urandom >"$p"
+  done
+  cat "$BENCH_FILES"/f* >/dev/null
+}
+
+case6() {
+  reset_rows
+  make_files || { note "could not make $BENCH_FILES: case 6 skipped"; return; }
+  local a="$BENCH_FILES 10000"
+  add "**tether** fs.read_files(paths, {limit = 4})" "$TL/tether_readfiles.lua $a 4 3"
+  add "Lua sequential io.open/read (same interpreter)" "$TL/tether_readfiles.lua $a 4 3 seq" ">=1.2"
+  peer go_readfiles && add "Go os.ReadFile, goroutines, semaphore n=4" "./go_readfiles $a 4 3" ">=1.0"
+  peer c_readfiles && add "C sequential open/fstat/read/close" "./c_readfiles $a 1 3"
+  peer c_readfiles && add "(ceiling) C 4 pthreads (atomic index)" "./c_readfiles $a 4 3"
+  [ $HAVE_LUV = 1 ] && add "luv uv.fs_* async, 16 in flight, 4 pool threads" "lua5.4 $PEERS/luv_readfiles.lua $a 16 3"
+  [ $HAVE_PY = 1 ] && add "Python ThreadPoolExecutor(4)" "$PY $PEERS/py_readfiles.py $a 4 3"
+  add "tether fs.read_files, limit = 2" "$TL/tether_readfiles.lua $a 2 3"
+  run_case 6 "Case 6: read 10000 page-cached 4 KiB files into memory (median of 3 passes per process)" "files/s" higher 120
+}
+
 # Syscalls per spawn: strace -c over N spawns minus the same program with 0 spawns, / N.
 # "parent" traces the spawning process only; "-f" adds the child (its pre-exec work and
 # /bin/true itself, the same for every program).
@@ -248,9 +277,9 @@ casesys() {
 }
 
 facts
-for c in ${@:-1 2 3 4 5 sys}; do
+for c in ${@:-1 2 3 4 5 6 sys}; do
   case $c in
-    [1-5]) "case$c" ;;
+    [1-6]) "case$c" ;;
     sys) casesys ;;
     *) echo "unknown case $c" >&2 ;;
   esac

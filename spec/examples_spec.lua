@@ -145,4 +145,19 @@ describe("examples", function()
       "done",
     })
   end)
+
+  it("bounded_read.lua reads files through the lane in order and prints the thread counts", function()
+    local out, err, code = run_example("bounded_read.lua", nil, 60)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      "before: ", "during: at most ",
+      "read 500 files, 4392 bytes; order kept: true",
+      "missing file -> false, open ", ": no such file or directory (ENOENT)",
+      "after: ", "after idle: ", "; back to the start: true",
+    })
+    local before = tonumber(out:match("before: (%d+) thread"))
+    local during, limit = out:match("during: at most (%d+) thread%(s%) %(limit (%d+)")
+    assert.is_true(tonumber(during) <= before + tonumber(limit), out)
+  end)
 end)

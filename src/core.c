@@ -32,6 +32,8 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_systemd(L);
   tether_open_pgroup(L);
   tether_open_reaper(L);
+  tether_open_lane(L);
+  tether_open_sync(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   return 1;

@@ -17,6 +17,8 @@ void tether_open_signal(lua_State *L);
 void tether_open_systemd(lua_State *L);
 void tether_open_pgroup(lua_State *L);
 void tether_open_reaper(lua_State *L);
+void tether_open_lane(lua_State *L);
+void tether_open_sync(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */
@@ -57,5 +59,13 @@ int *tether_newfd(lua_State *L);
 #define TETHER_FD_MT "tether.fd"
 #define TETHER_PROC_MT "tether.process"
 #define TETHER_BUFFER_MT "tether.buffer"
+
+/* The weighted semaphore (sync.c), shareable between lua_States on different threads: push
+ * it into another state with tether_sem_push; the userdata there has the same methods (that
+ * state loads tether.sync on first use of a Lua-written method). */
+typedef struct tether_sem tether_sem;
+#define TETHER_SEM_MT "tether.semaphore"
+tether_sem *tether_sem_test(lua_State *L, int idx); /* the sem if the value at idx is a semaphore userdata, else NULL */
+void tether_sem_push(lua_State *L, tether_sem *s);  /* push a new userdata for s (takes a reference; refcounted, freed at last unref) */
 
 #endif

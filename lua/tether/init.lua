@@ -1,7 +1,8 @@
 --- tether: Go's process model for Lua (os/exec, os/signal, context).
 --
 -- The top-level module: clock, identity, sleep, exit, main, and the waiter.
--- Sub-modules load on first use: tether.exec, tether.errors, tether.env.
+-- Sub-modules load on first use: tether.exec, tether.errors, tether.env, tether.signal,
+-- tether.context, tether.fs, tether.sync.
 local core = require "tether.core"
 local wait = require "tether.wait"
 
@@ -223,7 +224,7 @@ function tether.waiters.ngx(fd, events, timeout)
 end
 
 local submodules = { exec = true, errors = true, env = true, signal = true, context = true,
-  supervisor = true, systemd = true, reaper = true }
+  supervisor = true, systemd = true, reaper = true, fs = true, sync = true }
 
 return setmetatable(tether, {
   __index = function(t, k)
