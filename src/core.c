@@ -29,6 +29,8 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_process(L);
   tether_open_env(L);
   tether_open_signal(L);
+  tether_open_pool(L);
+  tether_open_cpus(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   return 1;

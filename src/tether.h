@@ -12,6 +12,8 @@ void tether_open_buffer(lua_State *L);
 void tether_open_process(lua_State *L);
 void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
+void tether_open_pool(lua_State *L);
+void tether_open_cpus(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */
