@@ -422,3 +422,58 @@ int copy_decode(lua_State *L, const char *p, size_t len, const copy_buf *origin,
   }
   return n;
 }
+
+/* ---- Lua entry points (specs, the fuzz corpus generator) --------------------------- */
+
+/* copy_encode(...) -> the bytes of the arguments | nil, index, message. */
+static int copy_lua_encode(lua_State *L) {
+  int bad, n = lua_gettop(L);
+  const char *err;
+  /* Into a buffer owned by a userdata: a memory error inside leaks nothing. */
+  copy_buf *ub = lua_newuserdatauv(L, sizeof *ub, 0);
+  copy_init(ub);
+  luaL_getmetatable(L, "tether.copybuf");
+  lua_setmetatable(L, -2);
+  if (copy_encode(L, 1, n, ub, &bad, &err) < 0) {
+    copy_free(ub);
+    lua_pushnil(L);
+    lua_pushinteger(L, bad + 1);
+    lua_pushstring(L, err);
+    return 3;
+  }
+  lua_pushlstring(L, ub->p, ub->len);
+  copy_free(ub);
+  return 1;
+}
+
+/* copy_decode(bytes) -> true, values... | nil, message. Bytes of unknown origin: a function
+ * or a semaphore is refused, as is anything malformed. */
+static int copy_lua_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len), *err;
+  lua_pushboolean(L, 1);
+  int n = copy_decode(L, s, len, NULL, &err);
+  if (n < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return n + 1;
+}
+
+static int copybuf_gc(lua_State *L) {
+  copy_free(lua_touserdata(L, 1));
+  return 0;
+}
+
+static const luaL_Reg copy_funcs[] = {
+  {"copy_encode", copy_lua_encode}, {"copy_decode", copy_lua_decode}, {NULL, NULL},
+};
+
+void tether_open_copy(lua_State *L) {
+  luaL_newmetatable(L, "tether.copybuf");
+  lua_pushcfunction(L, copybuf_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, copy_funcs, 0);
+}

@@ -262,7 +262,7 @@ static int cancel_locked(pool *p, task *t) {
   atomic_fetch_add(&p->cancelled, 1);
   int fd = atomic_load(&t->efd);
   if (fd >= 0) efd_write(fd);
-  if (t->b) {
+  if (t->b && s == ST_QUEUED) { /* a batch task holds its batch once queued */
     batch *b = t->b;
     t->seq = atomic_fetch_add(&b->seq, 1);
     if (atomic_fetch_sub(&b->remaining, 1) == 1 && b->efd >= 0) efd_write(b->efd);
@@ -1120,8 +1120,8 @@ static int map_push(lua_State *L) {
       int bad;
       const char *err;
       if (copy_encode(L, lua_gettop(L), 1, &t->args, &bad, &err) < 0) {
-        /* never queued nor counted; the batch is never done (the caller gives up) */
-        atomic_store(&t->state, ST_CANCELLED);
+        /* none of this slice was queued: the batch is never done (the caller gives up) */
+        for (size_t j = first; j < b->made; j++) atomic_store(&b->tasks[j]->state, ST_CANCELLED);
         lua_pushnil(L);
         lua_pushinteger(L, (lua_Integer)(first + i + 1));
         lua_pushstring(L, err);
