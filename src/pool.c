@@ -107,6 +107,7 @@ typedef struct worker {
   int started;
   pthread_cond_t cv;
   int idle;           /* waiting on cv (pool lock); cleared by whoever wakes it */
+  int waking;         /* woken, and has not looked at the queues yet (pool lock) */
   tqueue q;           /* tasks pinned to it */
   cpu_set_t *cpus;
   size_t cpusize;
@@ -124,8 +125,8 @@ struct pool {
   int closing, ready, failed, exited, joined, started;
   int want_space, space_readable;
   int space_fd, ctl_fd;
-  int nidle;
-  atomic_int running;
+  int nidle, nwaking;
+  atomic_int running, held; /* tasks being run; taken by a worker, not started yet */
   atomic_ullong submitted, done, nfailed, cancelled;
   int efds[EFD_CACHE], nefds; /* Lua thread only */
   char *path, *cpath;
@@ -413,16 +414,24 @@ static int run_task(lua_State *L, worker *w, task *t) {
   return ST_FAILED;
 }
 
-/* Takes up to k tasks for w (its own queue first) into out; the lock is held. */
+static void wake(pool *p, worker *w);
+
+/* Takes up to its share of the queued tasks (its own queue first, at most TAKE_MAX) for w
+ * into out; the lock is held. When tasks are left for others, wakes one more worker. */
 static int take(pool *p, worker *w, task **out) {
-  size_t k = p->queued / (size_t)(4 * p->size);
+  if (w->waking) { w->waking = 0; p->nwaking--; }
+  size_t k = p->queued / (size_t)p->size;
   if (k < 1) k = 1;
   if (k > TAKE_MAX) k = TAKE_MAX;
   int n = 0;
   task *t;
   while ((size_t)n < k && ((t = q_pop(&w->q)) != NULL || (t = q_pop(&p->q)) != NULL)) out[n++] = t;
   p->queued -= (size_t)n;
-  if (n) space_check(p);
+  if (n) {
+    atomic_fetch_add(&p->held, n);
+    space_check(p);
+    if (p->q.head) wake(p, NULL);
+  }
   return n;
 }
 
@@ -475,6 +484,7 @@ static void *worker_main(void *arg) {
       for (int i = 0; i < n; i++) {
         task *t = tasks[i];
         int s = ST_QUEUED;
+        atomic_fetch_sub(&p->held, 1);
         if (atomic_compare_exchange_strong(&t->state, &s, ST_RUNNING)) {
           atomic_fetch_add(&p->running, 1);
           int st = run_task(L, w, t);
@@ -526,10 +536,12 @@ static pool *check_pool(lua_State *L, int idx) {
   return u->p;
 }
 
-/* Wakes one idle worker (w, or any when w is NULL); the lock is held. */
+/* Wakes one idle worker (w, or any when w is NULL); the lock is held. A wake for any worker
+ * is skipped while another woken worker has not yet looked at the queue: that one takes its
+ * share and wakes the next (so a fast producer does not pay a wake per task). */
 static void wake(pool *p, worker *w) {
   if (!w) {
-    if (p->nidle == 0) return;
+    if (p->nidle == 0 || p->nwaking > 0) return;
     for (int i = 0; i < p->size; i++)
       if (p->w[i].idle) { w = &p->w[i]; break; }
     if (!w) return;
@@ -538,6 +550,7 @@ static void wake(pool *p, worker *w) {
   }
   w->idle = 0;
   p->nidle--;
+  if (!w->waking) { w->waking = 1; p->nwaking++; }
   pthread_cond_signal(&w->cv);
 }
 
@@ -595,7 +608,11 @@ static int pool_new(lua_State *L) {
   luaL_setmetatable(L, POOL_MT);
   pool *p = calloc(1, sizeof *p);
   if (!p) return tether_fail(L, ENOMEM);
-  pthread_mutex_init(&p->mu, NULL);
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP); /* spins a little before sleeping */
+  pthread_mutex_init(&p->mu, &ma);
+  pthread_mutexattr_destroy(&ma);
   atomic_init(&p->refs, 1);
   p->space_fd = p->ctl_fd = -1;
   u->p = p; /* from here, __gc frees whatever is made */
@@ -777,7 +794,7 @@ static int pool_stats(lua_State *L) {
   lua_createtable(L, 0, 10);
   lua_pushinteger(L, p->size); lua_setfield(L, -2, "size");
   lua_pushinteger(L, (lua_Integer)p->cap); lua_setfield(L, -2, "queue");
-  lua_pushinteger(L, (lua_Integer)queued); lua_setfield(L, -2, "queued");
+  lua_pushinteger(L, (lua_Integer)queued + atomic_load(&p->held)); lua_setfield(L, -2, "queued");
   lua_pushinteger(L, atomic_load(&p->running)); lua_setfield(L, -2, "running");
   lua_pushinteger(L, (lua_Integer)atomic_load(&p->submitted)); lua_setfield(L, -2, "submitted");
   lua_pushinteger(L, (lua_Integer)atomic_load(&p->done)); lua_setfield(L, -2, "done");
@@ -1130,7 +1147,6 @@ static int map_push(lua_State *L) {
       lua_pop(L, 1);
     }
     pthread_mutex_lock(&p->mu);
-    int wakes = 0;
     for (size_t i = first; i < b->made; i++) {
       task *t = b->tasks[i];
       atomic_fetch_add(&b->refs, 1); /* each unfinished task holds the batch */
@@ -1138,11 +1154,10 @@ static int map_push(lua_State *L) {
       atomic_fetch_add(&t->refs, 1);
       q_push(&p->q, t);
       p->queued++;
-      if (wakes < p->nidle) wakes++;
     }
     atomic_fetch_add(&p->submitted, b->made - first);
     space_check(p);
-    while (wakes-- > 0) wake(p, NULL);
+    wake(p, NULL);
     pthread_mutex_unlock(&p->mu);
   }
   if (b->made == b->n && !b->sealed) {

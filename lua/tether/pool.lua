@@ -76,6 +76,14 @@ local function outcome(st, ...)
   return nil, errors.Canceled
 end
 
+local slow_wait
+
+-- finish(self, limit, st, ...): the outcome when _take gave one, else the waiting path.
+local function finish(self, limit, st, ...)
+  if st ~= nil then return outcome(st, ...) end
+  return slow_wait(self, limit)
+end
+
 --- future:wait([ctx | timeout]) -> true, results... | nil, err.
 -- Waits until the task ends. A task that raised gives err with the error
 -- message (`tostring(err)`), `err.traceback` (the worker's traceback) and
@@ -86,7 +94,14 @@ end
 -- timeout (seconds), nil, err with err:is(errors.ErrTimeout) when it runs
 -- out; the task is left alone. Results are rebuilt at each call.
 function Future:wait(limit)
-  if self:_ended() then return outcome(self:_take()) end
+  if limit ~= nil and (type(limit) ~= "number" or limit ~= limit) and not wait.is_context(limit) then
+    error("future.wait: argument #1 must be a timeout in seconds or a context, got " .. type(limit), 2)
+  end
+  return finish(self, limit, self:_take())
+end
+
+-- The waiting path of wait(): through the waiter, on the task's eventfd (and ctx's fds).
+slow_wait = function(self, limit)
   local deadline, ctx
   if limit ~= nil then deadline, ctx = wait.limit(limit) end
   while not self:_ended() do
