@@ -4,6 +4,7 @@
 --        submit  pool:submit(f, i) per task (a future each), then future:wait() on each
 -- Prints the median batch throughput in tasks/s (as the peers: ../shared/bench/peers/c_tasks.c,
 -- luv_tasks.lua).
+package.path = arg[0]:match("(.*/)") .. "?.lua;" .. package.path
 local C = require "tether_common"
 local pool = require "tether.pool"
 local n, batches = tonumber(arg[1]) or 100000, tonumber(arg[2]) or 3
