@@ -44,9 +44,12 @@ build = {
       ["tether.core"] = {
          sources = {
             "src/buffer.c",
+            "src/copy.c",
             "src/core.c",
+            "src/cpus.c",
             "src/env.c",
             "src/fd.c",
+            "src/pool.c",
             "src/process.c",
             "src/signal.c",
             "src/sys.c",
@@ -59,6 +62,7 @@ build = {
       ["tether.env"] = "lua/tether/env.lua",
       ["tether.errors"] = "lua/tether/errors.lua",
       ["tether.exec"] = "lua/tether/exec.lua",
+      ["tether.pool"] = "lua/tether/pool.lua",
       ["tether.signal"] = "lua/tether/signal.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
    },

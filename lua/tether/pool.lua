@@ -13,7 +13,7 @@ local core = require "tether.core"
 local wait = require "tether.wait"
 local errors = require "tether.errors"
 
-local type, error, select, setmetatable, tostring = type, error, select, setmetatable, tostring
+local type, error, setmetatable, getmetatable, tostring = type, error, setmetatable, getmetatable, tostring
 local floor = math.floor
 local format = string.format
 local now = core.now
@@ -248,7 +248,8 @@ function M.new(opts)
   local queue = opts.queue
   if queue == nil then queue = 64 end
   if not is_int(queue) or queue < 1 then error("pool.new: queue must be a positive integer", 2) end
-  local init, msg = opts.init, nil
+  local init = opts.init
+  local msg
   if init ~= nil then
     if type(init) == "function" then
       init, msg = core.pool_fn(init)
