@@ -237,7 +237,7 @@ describe("pool:submit", function()
     { "a userdata", function() return io.stdout end, "argument #2: cannot copy a userdata" },
     { "a table cycle", function() local t = {}; t.self = t; return t end, "argument #2: table cycle" },
     { "a deeper cycle", function() local t = { { {} } }; t[1][1].up = t; return t end, "argument #2: table cycle" },
-    { "a coroutine", function() return coroutine.create(print) end, "argument #2: cannot copy a coroutine" },
+    { "a coroutine", function() return coroutine.create(function() end) end, "argument #2: cannot copy a coroutine" },
     { "a C function", function() return print end, "argument #2: cannot copy a C function" },
     { "a function with upvalues", function() local x = 1; return function() return x end end,
       "argument #2: cannot copy a function with upvalues" },
