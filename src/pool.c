@@ -151,6 +151,27 @@ typedef struct { batch *b; } map_ud;
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
+/* Every function of this file has the four metatables as upvalues: checking and setting a
+ * type costs no registry lookup by name (the hot path of submit and wait). */
+enum { UV_POOL = 1, UV_FUTURE, UV_FN, UV_MAP };
+
+static void *checkud(lua_State *L, int idx, int uv, const char *tname) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(uv));
+    lua_pop(L, 1);
+    if (same) return p;
+  }
+  luaL_argerror(L, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
+  return NULL;
+}
+
+static void setmt(lua_State *L, int uv) {
+  lua_pushvalue(L, lua_upvalueindex(uv));
+  lua_setmetatable(L, -2);
+}
+
+
 static void efd_write(int fd) {
   uint64_t one = 1;
   if (fd < 0) return;
@@ -531,7 +552,7 @@ static void pool_unref(pool *p) {
 }
 
 static pool *check_pool(lua_State *L, int idx) {
-  pool_ud *u = luaL_checkudata(L, idx, POOL_MT);
+  pool_ud *u = checkud(L, idx, UV_POOL, POOL_MT);
   if (!u->p) luaL_argerror(L, idx, "pool is closed");
   return u->p;
 }
@@ -599,13 +620,13 @@ static int pool_new(lua_State *L) {
   luaL_argcheck(L, size >= 1 && size <= 1024, 1, "size must be an integer from 1 to 1024");
   luaL_argcheck(L, cap >= 1, 2, "queue must be a positive integer");
   const char *path = luaL_optstring(L, 3, NULL), *cpath = luaL_optstring(L, 4, NULL);
-  fn_ud *init = lua_isnil(L, 5) ? NULL : luaL_checkudata(L, 5, FN_MT);
+  fn_ud *init = lua_isnil(L, 5) ? NULL : checkud(L, 5, UV_FN, FN_MT);
   int has_aff = !lua_isnoneornil(L, 6);
   if (has_aff) luaL_checktype(L, 6, LUA_TTABLE);
 
   pool_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->p = NULL;
-  luaL_setmetatable(L, POOL_MT);
+  setmt(L, UV_POOL);
   pool *p = calloc(1, sizeof *p);
   if (!p) return tether_fail(L, ENOMEM);
   pthread_mutexattr_t ma;
@@ -715,7 +736,7 @@ static int pool_drain_ctl(lua_State *L) {
 }
 
 static fnblob *check_fn(lua_State *L, int idx) {
-  return ((fn_ud *)luaL_checkudata(L, idx, FN_MT))->f;
+  return ((fn_ud *)checkud(L, idx, UV_FN, FN_MT))->f;
 }
 
 /* Enqueues t (made for p) when there is room; the lock is held. 1 = queued, 0 = full. */
@@ -750,7 +771,7 @@ static int pool_submit(lua_State *L) {
   f->t = NULL;
   f->p = p;
   atomic_fetch_add(&p->refs, 1);
-  luaL_setmetatable(L, FUTURE_MT);
+  setmt(L, UV_FUTURE);
   lua_pushvalue(L, 1);
   tether_setuv(L, -2);
   task *t = task_new(p, fn, (int)pin - 1);
@@ -774,7 +795,7 @@ static int pool_submit(lua_State *L) {
 /* p:push(future) -> true when queued, false when still full, nil, "closed" when closing. */
 static int pool_push(lua_State *L) {
   pool *p = check_pool(L, 1);
-  future_ud *f = luaL_checkudata(L, 2, FUTURE_MT);
+  future_ud *f = checkud(L, 2, UV_FUTURE, FUTURE_MT);
   luaL_argcheck(L, f->p == p && f->t && atomic_load(&f->t->state) == ST_NEW, 2, "not a new future of this pool");
   pthread_mutex_lock(&p->mu);
   int closing = p->closing, queued = closing ? 0 : push_locked(p, f->t);
@@ -851,7 +872,7 @@ static int pool_join(lua_State *L) {
 /* __gc: cancels what is queued, stops the workers and joins them. Blocks until running
  * tasks end (a __gc cannot yield); close() first to wait through the waiter instead. */
 static int pool_gc(lua_State *L) {
-  pool_ud *u = luaL_checkudata(L, 1, POOL_MT);
+  pool_ud *u = checkud(L, 1, UV_POOL, POOL_MT);
   pool *p = u->p;
   if (!p) return 0;
   if (!p->joined) {
@@ -914,12 +935,12 @@ static int pool_fn(lua_State *L) {
   if (!f) return luaL_error(L, "out of memory");
   fn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->f = f;
-  luaL_setmetatable(L, FN_MT);
+  setmt(L, UV_FN);
   return 1;
 }
 
 static int fn_gc(lua_State *L) {
-  fn_ud *u = luaL_checkudata(L, 1, FN_MT);
+  fn_ud *u = checkud(L, 1, UV_FN, FN_MT);
   fn_unref(u->f);
   u->f = NULL;
   return 0;
@@ -928,7 +949,7 @@ static int fn_gc(lua_State *L) {
 /* ---- futures ----------------------------------------------------------------------- */
 
 static task *check_future(lua_State *L, int idx) {
-  future_ud *f = luaL_checkudata(L, idx, FUTURE_MT);
+  future_ud *f = checkud(L, idx, UV_FUTURE, FUTURE_MT);
   if (!f->t) luaL_argerror(L, idx, "not a future");
   return f->t;
 }
@@ -961,21 +982,29 @@ static int push_outcome(lua_State *L, task *t, int s) {
   return n + 1;
 }
 
-/* f:_take() -> nil while the task has not ended; else 1, results... (done) | 2, message,
- * traceback, value (failed; nothing when the failure could not be recorded) | 3
- * (cancelled). Results are rebuilt at each call. */
+/* f:_take() -> nothing while the task has not ended; else true, results... (done) |
+ * false, 2, message, traceback, value (failed; no message when the failure could not be
+ * recorded) | false, 3 (cancelled). Results are rebuilt at each call. */
 static int future_take(lua_State *L) {
   task *t = check_future(L, 1);
   int s = atomic_load(&t->state);
   if (!FINAL(s)) return 0;
   reclaim_efd(lua_touserdata(L, 1));
-  return push_outcome(L, t, s);
+  if (s != ST_DONE) {
+    lua_pushboolean(L, 0);
+    return 1 + push_outcome(L, t, s);
+  }
+  const char *err;
+  lua_pushboolean(L, 1);
+  int n = copy_decode(L, t->res.p, t->res.len, &t->res, &err);
+  if (n < 0) return luaL_error(L, "pool: cannot rebuild the results: %s", err);
+  return n + 1;
 }
 
 /* f:_efd() -> an fd readable once the task ends (from the pool's cache), or nil when it has
  * ended already, or nil, errno. */
 static int future_efd(lua_State *L) {
-  future_ud *f = luaL_checkudata(L, 1, FUTURE_MT);
+  future_ud *f = checkud(L, 1, UV_FUTURE, FUTURE_MT);
   task *t = check_future(L, 1);
   int fd = atomic_load(&t->efd);
   if (FINAL(atomic_load(&t->state))) return 0;
@@ -995,7 +1024,7 @@ static int future_efd(lua_State *L) {
 /* f:_pollfd() -> an eventfd readable once the task ended (kept until the future is
  * collected), or nil, errno. */
 static int future_pollfd(lua_State *L) {
-  future_ud *f = luaL_checkudata(L, 1, FUTURE_MT);
+  future_ud *f = checkud(L, 1, UV_FUTURE, FUTURE_MT);
   task *t = check_future(L, 1);
   int fd = atomic_load(&t->efd);
   if (fd < 0) {
@@ -1030,7 +1059,7 @@ static int future_state(lua_State *L) {
 
 /* f:_cancel() -> true when the task was cancelled (it had not started), else false. */
 static int future_cancel(lua_State *L) {
-  future_ud *f = luaL_checkudata(L, 1, FUTURE_MT);
+  future_ud *f = checkud(L, 1, UV_FUTURE, FUTURE_MT);
   task *t = check_future(L, 1);
   pthread_mutex_lock(&f->p->mu);
   int ok = cancel_locked(f->p, t);
@@ -1040,7 +1069,7 @@ static int future_cancel(lua_State *L) {
 }
 
 static int future_gc(lua_State *L) {
-  future_ud *f = luaL_checkudata(L, 1, FUTURE_MT);
+  future_ud *f = checkud(L, 1, UV_FUTURE, FUTURE_MT);
   if (f->t) {
     task *t = f->t;
     if (atomic_load(&t->efd) >= 0) {
@@ -1068,7 +1097,7 @@ static void batch_unref(batch *b) {
 }
 
 static batch *check_batch(lua_State *L, int idx) {
-  map_ud *u = luaL_checkudata(L, idx, MAP_MT);
+  map_ud *u = checkud(L, idx, UV_MAP, MAP_MT);
   if (!u->b) luaL_argerror(L, idx, "not a map batch");
   return u->b;
 }
@@ -1081,7 +1110,7 @@ static int pool_map_batch(lua_State *L) {
   luaL_argcheck(L, n >= 0 && (uint64_t)n < SIZE_MAX / sizeof(task *), 2, "bad count");
   map_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
   u->b = NULL;
-  luaL_setmetatable(L, MAP_MT);
+  setmt(L, UV_MAP);
   lua_pushvalue(L, 1);
   tether_setuv(L, -2);
   batch *b = calloc(1, sizeof *b);
@@ -1223,7 +1252,7 @@ static int map_results(lua_State *L) {
 }
 
 static int map_gc(lua_State *L) {
-  map_ud *u = luaL_checkudata(L, 1, MAP_MT);
+  map_ud *u = checkud(L, 1, UV_MAP, MAP_MT);
   if (u->b) {
     batch *b = u->b;
     pool *p = b->p;
@@ -1258,13 +1287,23 @@ static const luaL_Reg map_methods[] = {
   {"results", map_results}, {NULL, NULL},
 };
 
-static void new_type(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
-  luaL_newmetatable(L, name);
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__gc");
+/* Sets the functions of l into the table on top, each with the 4 metatables (at base..base+3)
+ * as upvalues (luaL_setfuncs with upvalues is not in 5.1). */
+static void setfuncs_uv(lua_State *L, int base, const luaL_Reg *l) {
+  for (; l->name; l++) {
+    for (int i = 0; i < 4; i++) lua_pushvalue(L, base + i);
+    lua_pushcclosure(L, l->func, 4);
+    lua_setfield(L, -2, l->name);
+  }
+}
+
+static void finish_type(lua_State *L, int base, int mt, const luaL_Reg *methods, lua_CFunction gc) {
+  luaL_Reg g[] = { {"__gc", gc}, {NULL, NULL} };
+  lua_pushvalue(L, mt);
+  setfuncs_uv(L, base, g);
   if (methods) {
     lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
+    setfuncs_uv(L, base, methods);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
@@ -1272,14 +1311,13 @@ static void new_type(lua_State *L, const char *name, const luaL_Reg *methods, lu
 
 /* future_methods() -> the table behind futures' __index (tether.pool adds its methods). */
 static int pool_future_methods(lua_State *L) {
-  luaL_getmetatable(L, FUTURE_MT);
-  lua_getfield(L, -1, "__index");
+  lua_getfield(L, lua_upvalueindex(UV_FUTURE), "__index");
   return 1;
 }
 
 /* future_metatable() -> the futures' metatable (tether.pool sets __name/__tostring, __close). */
 static int pool_future_metatable(lua_State *L) {
-  luaL_getmetatable(L, FUTURE_MT);
+  lua_pushvalue(L, lua_upvalueindex(UV_FUTURE));
   return 1;
 }
 
@@ -1290,9 +1328,17 @@ static const luaL_Reg funcs[] = {
 };
 
 void tether_open_pool(lua_State *L) {
-  new_type(L, POOL_MT, pool_methods, pool_gc);
-  new_type(L, FUTURE_MT, future_methods, future_gc);
-  new_type(L, FN_MT, NULL, fn_gc);
-  new_type(L, MAP_MT, map_methods, map_gc);
-  luaL_setfuncs(L, funcs, 0);
+  int core = lua_gettop(L);
+  luaL_newmetatable(L, POOL_MT);
+  luaL_newmetatable(L, FUTURE_MT);
+  luaL_newmetatable(L, FN_MT);
+  luaL_newmetatable(L, MAP_MT);
+  int base = core + 1;
+  finish_type(L, base, base, pool_methods, pool_gc);
+  finish_type(L, base, base + 1, future_methods, future_gc);
+  finish_type(L, base, base + 2, NULL, fn_gc);
+  finish_type(L, base, base + 3, map_methods, map_gc);
+  lua_pushvalue(L, core);
+  setfuncs_uv(L, base, funcs);
+  lua_settop(L, core);
 }

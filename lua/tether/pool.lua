@@ -36,7 +36,7 @@ end
 -- fnblob(f, fname, argn) -> the C task function for f, or raises naming the argument.
 local function fnblob(f, fname, argn)
   local b
-  if type(f) == "function" then b = fn_cache[f] else b = name_cache[f] end
+  if type(f) == "function" then b = fn_cache[f] elseif f ~= nil then b = name_cache[f] end
   if b then return b end
   local msg
   b, msg = core.pool_fn(f)
@@ -70,17 +70,19 @@ local future_mt = core.pool_future_metatable()
 future_mt.__name = "tether.future"
 future_mt.__tostring = function(f) return "tether.future (" .. f:_state() .. ")" end
 
+-- outcome(status, ...) of a task that did not succeed: 2 failed, 3 cancelled.
 local function outcome(st, ...)
-  if st == 1 then return true, ... end
   if st == 2 then return nil, task_error(...) end
   return nil, errors.Canceled
 end
 
 local slow_wait
 
--- finish(self, limit, st, ...): the outcome when _take gave one, else the waiting path.
-local function finish(self, limit, st, ...)
-  if st ~= nil then return outcome(st, ...) end
+-- finish(self, limit, ok, ...): what _take gave (true, results | false, status, ... |
+-- nothing while the task runs), else the waiting path.
+local function finish(self, limit, ok, ...)
+  if ok then return true, ... end
+  if ok == false then return outcome(...) end
   return slow_wait(self, limit)
 end
 
@@ -127,7 +129,7 @@ slow_wait = function(self, limit)
       core.sleep_until(d)
     end
   end
-  return outcome(self:_take())
+  return finish(self, nil, self:_take())
 end
 
 --- future:cancel() -> true when the task was cancelled (it had not started:
@@ -303,7 +305,8 @@ end
 -- pool.
 function Pool:submit(f, ...)
   local c = check_pool(self, "submit")
-  local fut, queued, msg = c:submit(fnblob(f, "submit", 1), 0, ...)
+  local fut, queued, msg = c:submit(fn_cache[f] or fnblob(f, "submit", 1), 0, ...)
+  if queued == true then return fut end
   return submitted(c, fut, queued, msg, "submit", 1)
 end
 
@@ -311,7 +314,8 @@ end
 -- As submit, but never waits: nil, "full" when the queue is full.
 function Pool:try_submit(f, ...)
   local c = check_pool(self, "try_submit")
-  local fut, queued, msg = c:submit(fnblob(f, "try_submit", 1), 0, ...)
+  local fut, queued, msg = c:submit(fn_cache[f] or fnblob(f, "try_submit", 1), 0, ...)
+  if queued == true then return fut end
   return submitted(c, fut, queued, msg, "try_submit", 1, true)
 end
 
@@ -324,7 +328,8 @@ function Pool:submit_to(i, f, ...)
   if not is_int(i) or i < 1 or i > self.size then
     error(format("pool.submit_to: argument #1: worker must be an integer from 1 to %d", self.size), 2)
   end
-  local fut, queued, msg = c:submit(fnblob(f, "submit_to", 2), i, ...)
+  local fut, queued, msg = c:submit(fn_cache[f] or fnblob(f, "submit_to", 2), i, ...)
+  if queued == true then return fut end
   return submitted(c, fut, queued, msg, "submit_to", 2)
 end
 
