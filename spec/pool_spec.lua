@@ -669,3 +669,37 @@ describe("the copier (core.copy_encode / copy_decode)", function()
     end
   end)
 end)
+
+describe("pool under cqueues (waiters.cqueues)", function()
+  local has_cq, cqueues = pcall(require, "cqueues")
+  after_each(function() tether.set_waiter(nil) end)
+
+  it("future:wait, a full submit and close yield to other coroutines", function()
+    if not has_cq then pending("lua-cqueues is not installed for " .. _VERSION) return end
+    local gate = new_gate()
+    local p = assert(pool.new { size = 1, queue = 2 })
+    tether.set_waiter(tether.waiters.cqueues)
+    local cq = cqueues.new()
+    local order = {}
+    cq:wrap(function()
+      local f = p:submit(blocker, gate.fd)
+      p:submit(function() return 1 end)
+      p:submit(function() return 2 end) -- the queue (2) may be full now: then this waits
+      local last = p:submit(function() return "last" end) -- full for sure: waits, yielding
+      order[#order + 1] = "submitted"
+      assert.are.same({ true, "released" }, { f:wait() })
+      assert.are.same({ true, "last" }, { last:wait() })
+      order[#order + 1] = "waited"
+      p:close()
+      order[#order + 1] = "closed"
+    end)
+    cq:wrap(function()
+      tether.sleep(0.05) -- yields: the first coroutine is blocked in submit meanwhile
+      order[#order + 1] = "opening"
+      gate.open()
+    end)
+    assert(cq:loop())
+    assert.are.same({ "opening", "submitted", "waited", "closed" }, order)
+    assert.are.equal(base_threads, tether.threads())
+  end)
+end)

@@ -13,9 +13,10 @@
  *
  * Task states move QUEUED -> RUNNING -> DONE | FAILED, or NEW | QUEUED -> CANCELLED, by
  * atomic compare-and-swap: whoever moves a task to a final state does its bookkeeping
- * (eventfd, batch count). A worker takes up to TAKE_MAX tasks per lock (fewer when the
- * queue is short, so a long task never holds back others) and finishes them without the
- * lock unless someone waits on an eventfd.
+ * (eventfd, batch count). A worker takes one task per lock and finishes it without the
+ * lock unless someone waits on its eventfd. A wake-up for any worker is skipped while a
+ * woken worker has not yet looked at the queue (that one wakes the next when it takes a
+ * task and more are left): a fast producer does not pay a futex wake per task.
  *
  * Eventfds: a future gets one only when the Lua thread has to wait for it (from a small
  * per-pool cache, drained and reused), or when pollfd() hands one out (never reused).
@@ -40,7 +41,6 @@
 #define FN_MT "tether.poolfn"
 #define MAP_MT "tether.poolmap"
 
-#define TAKE_MAX 32
 #define EFD_CACHE 32
 #define FNCACHE_MAX 512
 
@@ -126,7 +126,7 @@ struct pool {
   int want_space, space_readable;
   int space_fd, ctl_fd;
   int nidle, nwaking;
-  atomic_int running, held; /* tasks being run; taken by a worker, not started yet */
+  atomic_int running;
   atomic_ullong submitted, done, nfailed, cancelled;
   int efds[EFD_CACHE], nefds; /* Lua thread only */
   char *path, *cpath;
@@ -437,23 +437,20 @@ static int run_task(lua_State *L, worker *w, task *t) {
 
 static void wake(pool *p, worker *w);
 
-/* Takes up to its share of the queued tasks (its own queue first, at most TAKE_MAX) for w
- * into out; the lock is held. When tasks are left for others, wakes one more worker. */
-static int take(pool *p, worker *w, task **out) {
+/* Takes the next task for w (its own queue first), or NULL; the lock is held. One task at
+ * a time: a task is only ever held by a worker that runs it, so none waits behind a long
+ * one while another worker is free, and `queued` is exact for backpressure and cancel. When
+ * tasks are left for others, wakes one more worker. */
+static task *take(pool *p, worker *w) {
   if (w->waking) { w->waking = 0; p->nwaking--; }
-  size_t k = p->queued / (size_t)p->size;
-  if (k < 1) k = 1;
-  if (k > TAKE_MAX) k = TAKE_MAX;
-  int n = 0;
-  task *t;
-  while ((size_t)n < k && ((t = q_pop(&w->q)) != NULL || (t = q_pop(&p->q)) != NULL)) out[n++] = t;
-  p->queued -= (size_t)n;
-  if (n) {
-    atomic_fetch_add(&p->held, n);
+  task *t = q_pop(&w->q);
+  if (!t) t = q_pop(&p->q);
+  if (t) {
+    p->queued--;
     space_check(p);
     if (p->q.head) wake(p, NULL);
   }
-  return n;
+  return t;
 }
 
 static void *worker_main(void *arg) {
@@ -490,11 +487,10 @@ static void *worker_main(void *arg) {
   pthread_mutex_unlock(&p->mu);
 
   if (!w->err) {
-    task *tasks[TAKE_MAX];
     pthread_mutex_lock(&p->mu);
     for (;;) {
-      int n = take(p, w, tasks);
-      if (n == 0) {
+      task *t = take(p, w);
+      if (!t) {
         if (p->closing) break;
         w->idle = 1;
         p->nidle++;
@@ -502,20 +498,16 @@ static void *worker_main(void *arg) {
         continue;
       }
       pthread_mutex_unlock(&p->mu);
-      for (int i = 0; i < n; i++) {
-        task *t = tasks[i];
-        int s = ST_QUEUED;
-        atomic_fetch_sub(&p->held, 1);
-        if (atomic_compare_exchange_strong(&t->state, &s, ST_RUNNING)) {
-          atomic_fetch_add(&p->running, 1);
-          int st = run_task(L, w, t);
-          atomic_store(&t->state, st);
-          atomic_fetch_sub(&p->running, 1);
-          atomic_fetch_add(st == ST_DONE ? &p->done : &p->nfailed, 1);
-          task_ended(t);
-        } /* else cancelled after it was taken: the canceller did the rest */
-        task_unref(t);
-      }
+      int s = ST_QUEUED;
+      if (atomic_compare_exchange_strong(&t->state, &s, ST_RUNNING)) {
+        atomic_fetch_add(&p->running, 1);
+        int st = run_task(L, w, t);
+        atomic_store(&t->state, st);
+        atomic_fetch_sub(&p->running, 1);
+        atomic_fetch_add(st == ST_DONE ? &p->done : &p->nfailed, 1);
+        task_ended(t);
+      } /* else cancelled after it was taken: the canceller did the rest */
+      task_unref(t);
       pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
@@ -558,8 +550,8 @@ static pool *check_pool(lua_State *L, int idx) {
 }
 
 /* Wakes one idle worker (w, or any when w is NULL); the lock is held. A wake for any worker
- * is skipped while another woken worker has not yet looked at the queue: that one takes its
- * share and wakes the next (so a fast producer does not pay a wake per task). */
+ * is skipped while another woken worker has not yet looked at the queue: that one takes a
+ * task and wakes the next (so a fast producer does not pay a wake per task). */
 static void wake(pool *p, worker *w) {
   if (!w) {
     if (p->nidle == 0 || p->nwaking > 0) return;
@@ -593,7 +585,8 @@ static int cancel_all_locked(pool *p) {
   return n;
 }
 
-/* Joins every worker, then closes the pool's fds (nothing waits on them any more). */
+/* Joins every worker and closes the cached eventfds. space_fd and ctl_fd stay open until the
+ * pool is freed: a coroutine may still be waiting on them (it wakes, sees the pool closed). */
 static void join_all(pool *p) {
   for (int i = 0; i < p->size; i++)
     if (p->w[i].started) {
@@ -601,13 +594,8 @@ static void join_all(pool *p) {
       p->w[i].started = 0;
     }
   p->joined = 1;
-  pthread_mutex_lock(&p->mu);
   for (int i = 0; i < p->nefds; i++) close(p->efds[i]);
   p->nefds = 0;
-  if (p->space_fd >= 0) close(p->space_fd);
-  if (p->ctl_fd >= 0) close(p->ctl_fd);
-  p->space_fd = p->ctl_fd = -1;
-  pthread_mutex_unlock(&p->mu);
 }
 
 /* pool_new(size, cap, path, cpath, init fn|nil, affinity|nil) -> pool | nil, errno.
@@ -815,7 +803,7 @@ static int pool_stats(lua_State *L) {
   lua_createtable(L, 0, 10);
   lua_pushinteger(L, p->size); lua_setfield(L, -2, "size");
   lua_pushinteger(L, (lua_Integer)p->cap); lua_setfield(L, -2, "queue");
-  lua_pushinteger(L, (lua_Integer)queued + atomic_load(&p->held)); lua_setfield(L, -2, "queued");
+  lua_pushinteger(L, (lua_Integer)queued); lua_setfield(L, -2, "queued");
   lua_pushinteger(L, atomic_load(&p->running)); lua_setfield(L, -2, "running");
   lua_pushinteger(L, (lua_Integer)atomic_load(&p->submitted)); lua_setfield(L, -2, "submitted");
   lua_pushinteger(L, (lua_Integer)atomic_load(&p->done)); lua_setfield(L, -2, "done");
@@ -857,8 +845,8 @@ static int pool_exited(lua_State *L) {
   return 1;
 }
 
-/* p:join(): joins the threads (which have exited, see exited()) and closes the pool's
- * fds; stats() still answers. Idempotent. */
+/* p:join(): joins the threads (which have exited, see exited()); stats() still answers.
+ * Idempotent. */
 static int pool_join(lua_State *L) {
   pool *p = check_pool(L, 1);
   if (p->joined) return 0;
