@@ -18,6 +18,16 @@ local function slow(s)
   return s
 end
 
+-- A task that holds its worker until the file `gate` exists (standing for a long C call).
+local function held(gate)
+  local t = require "tether"
+  while true do
+    local f = io.open(gate)
+    if f then f:close(); return "released" end
+    t.sleep(0.01)
+  end
+end
+
 tether.main(function()
   local base = tether.threads()
   local p = assert(pool.new {
@@ -64,9 +74,11 @@ tether.main(function()
   print("backpressure: all " .. #futures .. " tasks done")
 
   -- 3. Context cancel: 2 tasks running, 4 queued, then the context is cancelled.
+  local gate = os.tmpname()
+  os.remove(gate)
   local ctx, cancel = context.with_cancel(context.background())
   local tasks = {}
-  for i = 1, 6 do tasks[i] = p:submit(slow, 0.3) end
+  for i = 1, 6 do tasks[i] = p:submit(held, gate) end
   local function running()
     local n = 0
     for _, f in ipairs(tasks) do if f:state() == "running" then n = n + 1 end end
@@ -82,9 +94,11 @@ tether.main(function()
     if f:state() == "cancelled" then cancelled = cancelled + 1 else running_ones[#running_ones + 1] = f end
   end
   local finished = 0
+  assert(io.open(gate, "w")):close() -- let the running tasks finish
   for _, f in ipairs(running_ones) do
     if f:wait() then finished = finished + 1 end -- a running task finishes
   end
+  os.remove(gate)
   print(("context cancelled: %d queued tasks cancelled, %d running tasks finished"):format(cancelled, finished))
 
   local s = p:stats()

@@ -341,6 +341,34 @@ describe("backpressure and cancel", function()
     p:close()
   end)
 
+  it("submit does not wait while the queue has room, even when the workers are stuck", function()
+    local gate = new_gate()
+    local p = assert(pool.new { size = 1, queue = 4 })
+    local running = p:submit(blocker, gate.fd)
+    while running:state() ~= "running" do tether.sleep(0.001) end
+    local queued = {}
+    for i = 1, 4 do queued[i] = assert(p:try_submit(function(x) return x end, i)) end
+    assert.are.same({ nil, "full" }, { p:try_submit(function() end) })
+    -- a submit that finds the queue full waits; cancelling a queued task makes room for it
+    tether.set_waiter(function(fd, events, timeout)
+      tether.set_waiter(function() error("submit waited again though the queue had room") end)
+      assert.is_true(queued[4]:cancel())
+      assert(core.poll(fd, events, core.now() + 10), "no room signalled after a cancel")
+    end)
+    local f = p:submit(function() return "in" end)
+    tether.set_waiter(nil)
+    assert.are.equal(4, p:stats().queued)
+    -- with 3 queued of 4 (the worker stuck), submit goes on at once
+    assert.is_true(queued[3]:cancel())
+    tether.set_waiter(function() error("submit waited though the queue had room") end)
+    local g = p:submit(function() return "also in" end)
+    tether.set_waiter(nil)
+    gate.open()
+    assert.are.same({ true, "in" }, { f:wait() })
+    assert.are.same({ true, "also in" }, { g:wait() })
+    p:close()
+  end)
+
   it("cancelling a context fails queued tasks with Canceled while the running one finishes", function()
     local gate = new_gate()
     local p = assert(pool.new { size = 1, queue = 8, init = function() ran = 0 end }) -- luacheck: ignore

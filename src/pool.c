@@ -123,7 +123,7 @@ struct pool {
   tqueue q;
   size_t queued, cap, lowwater;
   int closing, ready, failed, exited, joined, started;
-  int want_space, space_readable;
+  int want_space, want_half, space_readable; /* see space_check */
   int space_fd, ctl_fd;
   int nidle, nwaking;
   atomic_int running;
@@ -236,16 +236,19 @@ static task *task_new(pool *p, fnblob *fn, int pin) {
   return t;
 }
 
-/* Under the lock: the space eventfd is readable while the queue has room after having been
- * full (a level, so every waiter sees it). It is drained when the queue is full and set again
- * once a waiter wants room and the queue is down to its low-water mark. */
+/* Under the lock: the space eventfd is a level, readable while the queue has room after a
+ * waiter found it full (so every waiter sees it). It is drained when the queue is full, and
+ * set again once a submit that found it full can go on (any room: a submit never waits while
+ * there is room, even if the workers are stuck), or a map that found it full can queue a good
+ * slice (down to half: fewer wake-ups), or the pool closes. */
 static void space_check(pool *p) {
-  if (p->queued >= p->cap) {
+  if (p->queued >= p->cap && !p->closing) {
     if (p->space_readable) { efd_drain(p->space_fd); p->space_readable = 0; }
-  } else if (p->want_space && !p->space_readable && (p->queued <= p->lowwater || p->closing)) {
+  } else if (!p->space_readable &&
+             (p->want_space || p->closing || (p->want_half && p->queued <= p->lowwater))) {
     efd_write(p->space_fd);
     p->space_readable = 1;
-    p->want_space = 0;
+    p->want_space = p->want_half = 0;
   }
 }
 
@@ -277,6 +280,7 @@ static int cancel_locked(pool *p, task *t) {
   if (was_queued) {
     q_unlink(t);
     p->queued--;
+    space_check(p);
   }
   int s = atomic_load(&t->state);
   while ((s == ST_NEW || s == ST_QUEUED) && !atomic_compare_exchange_weak(&t->state, &s, ST_CANCELLED)) {}
@@ -571,7 +575,7 @@ static void wake(pool *p, worker *w) {
 static void close_locked(pool *p) {
   p->closing = 1;
   for (int i = 0; i < p->size; i++) wake(p, &p->w[i]);
-  if (p->want_space && !p->space_readable) { efd_write(p->space_fd); p->space_readable = 1; }
+  space_check(p); /* wakes every waiter for room: they see the pool closing */
 }
 
 /* Cancels every queued task; the lock is held. Returns how many. */
@@ -1136,7 +1140,7 @@ static int map_push(lua_State *L) {
     pthread_mutex_lock(&p->mu);
     int closing = p->closing;
     size_t room = p->queued < p->cap ? p->cap - p->queued : 0;
-    if (!room && !closing) { p->want_space = 1; space_check(p); }
+    if (!room && !closing) { p->want_half = 1; space_check(p); }
     pthread_mutex_unlock(&p->mu);
     if (closing) { lua_pushnil(L); lua_pushliteral(L, "closed"); return 2; }
     if (!room) break;
