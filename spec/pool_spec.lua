@@ -350,7 +350,7 @@ describe("backpressure and cancel", function()
     for i = 1, 4 do queued[i] = assert(p:try_submit(function(x) return x end, i)) end
     assert.are.same({ nil, "full" }, { p:try_submit(function() end) })
     -- a submit that finds the queue full waits; cancelling a queued task makes room for it
-    tether.set_waiter(function(fd, events, timeout)
+    tether.set_waiter(function(fd, events)
       tether.set_waiter(function() error("submit waited again though the queue had room") end)
       assert.is_true(queued[4]:cancel())
       assert(core.poll(fd, events, core.now() + 10), "no room signalled after a cancel")
