@@ -71,7 +71,9 @@ local function read_lines(path)
 end
 
 -- The cpu.max files that bound this process: its cgroup v2 directory and each parent up to
--- the cgroup2 mount (the root cgroup has none), from /proc/self/cgroup and mountinfo.
+-- the cgroup2 mount, from /proc/self/cgroup and mountinfo. In a cgroup namespace (a
+-- container) the mount's own directory is the container's cgroup, with its cpu.max; the
+-- host's root cgroup has none.
 local function cpu_max_files()
   local cg
   for _, l in ipairs(read_lines("/proc/self/cgroup") or {}) do
@@ -90,6 +92,7 @@ local function cpu_max_files()
     files[#files + 1] = mnt .. dir .. "/cpu.max"
     dir = dir:match("^(.*)/[^/]*$") or ""
   end
+  files[#files + 1] = mnt .. "/cpu.max"
   return files
 end
 
