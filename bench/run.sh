@@ -6,7 +6,7 @@
 # Every program runs N operations in one process and prints ONE number on its last stdout line
 # (a rate or a per-op median; see the peers' bench.h). Peers whose toolchain is missing are
 # skipped with a note.
-# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 sys (default: all)   env: REPS=3 LUA_BIN=lua5.4
+# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 7 sys (default: all)   env: REPS=3 LUA_BIN=lua5.4
 # Case 6 reads files made in $BENCH_FILES (default /tmp/tether-bench-files; kept between runs).
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,13 +37,13 @@ HAVE_C=0 HAVE_GO=0 HAVE_PY=0 HAVE_LUV=0 HAVE_POSIX=0 HAVE_TIME=0
 NOTES=()
 if has gcc; then
   HAVE_C=1
-  for f in c_spawn_vfork c_spawn_posix_spawn c_spawn_fork c_capture c_capture2 c_signal_selfpipe c_signalfd c_readfiles; do
+  for f in c_spawn_vfork c_spawn_posix_spawn c_spawn_fork c_capture c_capture2 c_signal_selfpipe c_signalfd c_readfiles c_tasks; do
     gcc -O2 -Wall -o "$B/$f" "$PEERS/$f.c" -lpthread >>"$LOG" 2>&1 || { echo "build failed: $f.c (see $LOG)" >&2; exit 1; }
   done
 else NOTES+=("gcc missing: C peers skipped (Debian: gcc)"); fi
 if has go; then
   HAVE_GO=1
-  for f in go_spawn go_capture go_capture2 go_signal go_readfiles; do
+  for f in go_spawn go_capture go_capture2 go_signal go_readfiles go_tasks; do
     (cd "$PEERS" && go build -o "$B/$f" "$f.go") >>"$LOG" 2>&1 || { NOTES+=("go build $f.go failed: skipped"); }
   done
 else NOTES+=("go missing: Go peers skipped (Debian: golang-go)"); fi
@@ -243,6 +243,19 @@ case6() {
   run_case 6 "Case 6: read 10000 page-cached 4 KiB files into memory (median of 3 passes per process)" "files/s" higher 120
 }
 
+case7() {
+  reset_rows
+  add "**tether** pool:map(f, list), 4 workers" "$TL/tether_tasks.lua 100000 3 map 1024"
+  add "tether pool:submit + future:wait per task, 4 workers" "$TL/tether_tasks.lua 100000 3 submit 1024"
+  [ $HAVE_LUV = 1 ] && add "luv uv.new_work, 4 pool threads (Lua 5.4)" "lua5.4 $PEERS/luv_tasks.lua 100000 3" ">=2"
+  peer c_tasks && add "C pthreads(4) + mutex/condvar queues" "./c_tasks 100000 4 3"
+  peer go_tasks && add "Go 4 worker goroutines + task/result channels" "./go_tasks 100000 pool 4 3"
+  [ $HAVE_PY = 1 ] && add "Python ThreadPoolExecutor(4)" "$PY $PEERS/py_tasks.py 100000 4 3"
+  run_case 7 "Case 7: 100000 trivial tasks (x*2+1) submitted, all results waited for (median of 3 batches per process)" "tasks/s" higher 120
+  echo
+  echo "The second tether row (a future per task) is the same work without batching, for comparison; the target is on pool:map."
+}
+
 # Syscalls per spawn: strace -c over N spawns minus the same program with 0 spawns, / N.
 # "parent" traces the spawning process only; "-f" adds the child (its pre-exec work and
 # /bin/true itself, the same for every program).
@@ -277,9 +290,9 @@ casesys() {
 }
 
 facts
-for c in ${@:-1 2 3 4 5 6 sys}; do
+for c in ${@:-1 2 3 4 5 6 7 sys}; do
   case $c in
-    [1-6]) "case$c" ;;
+    [1-7]) "case$c" ;;
     sys) casesys ;;
     *) echo "unknown case $c" >&2 ;;
   esac

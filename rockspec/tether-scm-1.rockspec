@@ -44,12 +44,15 @@ build = {
       ["tether.core"] = {
          sources = {
             "src/buffer.c",
+            "src/copy.c",
             "src/core.c",
+            "src/cpus.c",
             "src/env.c",
             "src/fd.c",
             "src/fsops.c",
             "src/lane.c",
             "src/pgroup.c",
+            "src/pool.c",
             "src/process.c",
             "src/reaper.c",
             "src/signal.c",
@@ -67,6 +70,7 @@ build = {
       ["tether.errors"] = "lua/tether/errors.lua",
       ["tether.exec"] = "lua/tether/exec.lua",
       ["tether.fs"] = "lua/tether/fs.lua",
+      ["tether.pool"] = "lua/tether/pool.lua",
       ["tether.reaper"] = "lua/tether/reaper.lua",
       ["tether.signal"] = "lua/tether/signal.lua",
       ["tether.supervisor"] = "lua/tether/supervisor.lua",

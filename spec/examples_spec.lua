@@ -160,4 +160,23 @@ describe("examples", function()
     local during, limit = out:match("during: at most (%d+) thread%(s%) %(limit (%d+)")
     assert.is_true(tonumber(during) <= before + tonumber(limit), out)
   end)
+
+  it("worker_pool.lua keeps pinned state, applies backpressure and cancels queued tasks", function()
+    local out, err, code = run_example("worker_pool.lua", nil, 60)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      "pool: 2 workers, queue of 4, 2 threads more than before",
+      "worker 1 on thread tether-w1: request 1",
+      "worker 2 on thread tether-w2: request 1",
+      "worker 1 on thread tether-w1: request 3",
+      "worker 2 on thread tether-w2: request 3",
+      "try_submit: full after 4 queued tasks",
+      "submit waited",
+      "backpressure: all 7 tasks done",
+      "context cancelled: 4 queued tasks cancelled, 2 running tasks finished",
+      "stats: submitted 19, done 15, cancelled 4, failed 0",
+      "closed: 0 extra threads left",
+    })
+  end)
 end)

@@ -34,6 +34,9 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_reaper(L);
   tether_open_lane(L);
   tether_open_sync(L);
+  tether_open_pool(L);
+  tether_open_cpus(L);
+  tether_open_copy(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   return 1;

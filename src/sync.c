@@ -48,6 +48,9 @@ static void sem_unref(tether_sem *s) {
   free(s);
 }
 
+void tether_sem_retain(tether_sem *s) { atomic_fetch_add(&s->refs, 1); }
+void tether_sem_release(tether_sem *s) { sem_unref(s); }
+
 static void efd_write(int fd) {
   uint64_t one = 1;
   while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {}

@@ -19,6 +19,9 @@ void tether_open_pgroup(lua_State *L);
 void tether_open_reaper(lua_State *L);
 void tether_open_lane(lua_State *L);
 void tether_open_sync(lua_State *L);
+void tether_open_pool(lua_State *L);
+void tether_open_cpus(lua_State *L);
+void tether_open_copy(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */
@@ -67,5 +70,8 @@ typedef struct tether_sem tether_sem;
 #define TETHER_SEM_MT "tether.semaphore"
 tether_sem *tether_sem_test(lua_State *L, int idx); /* the sem if the value at idx is a semaphore userdata, else NULL */
 void tether_sem_push(lua_State *L, tether_sem *s);  /* push a new userdata for s (takes a reference; refcounted, freed at last unref) */
+void tether_sem_retain(tether_sem *s);              /* one more reference (a copy buffer holding s) */
+void tether_sem_release(tether_sem *s);             /* drop a reference; frees s at the last one */
+#define TETHER_HAVE_SEM 1
 
 #endif

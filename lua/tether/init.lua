@@ -61,6 +61,73 @@ function tether.threads()
   return (assert(core.threads()))
 end
 
+-- The lines of a file, or nil.
+local function read_lines(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local lines = {}
+  for l in f:lines() do lines[#lines + 1] = l end
+  f:close()
+  return lines
+end
+
+-- The cpu.max files that bound this process: its cgroup v2 directory and each parent up to
+-- the cgroup2 mount, from /proc/self/cgroup and mountinfo. In a cgroup namespace (a
+-- container) the mount's own directory is the container's cgroup, with its cpu.max; the
+-- host's root cgroup has none.
+local function cpu_max_files()
+  local cg
+  for _, l in ipairs(read_lines("/proc/self/cgroup") or {}) do
+    cg = cg or l:match("^0::(/.*)$")
+  end
+  if not cg then return {} end
+  local mnt, root
+  for _, l in ipairs(read_lines("/proc/self/mountinfo") or {}) do
+    local r, m, fstype = l:match("^%S+ %S+ %S+ (%S+) (%S+) .- %- (%S+)")
+    if fstype == "cgroup2" and not mnt then mnt, root = m, r end
+  end
+  if not mnt then return {} end
+  if root ~= "/" and cg:sub(1, #root) == root then cg = cg:sub(#root + 1) end
+  local files, dir = {}, cg:gsub("/+$", "")
+  while dir ~= "" do
+    files[#files + 1] = mnt .. dir .. "/cpu.max"
+    dir = dir:match("^(.*)/[^/]*$") or ""
+  end
+  files[#files + 1] = mnt .. "/cpu.max"
+  return files
+end
+
+-- The CPU cap of one cpu.max file ("QUOTA PERIOD" or "max PERIOD"): ceil(quota / period),
+-- at least 1; nil for no cap, a missing file or one that cannot be parsed.
+local function quota_cap(path)
+  local lines = read_lines(path)
+  local q, p = (lines and lines[1] or ""):match("^%s*(%S+)%s+(%d+)%s*$")
+  if not q or q == "max" or not q:match("^%d+$") or tonumber(p) == 0 then return nil end
+  return math.max(1, math.ceil(tonumber(q) / tonumber(p)))
+end
+
+--- cpus([opts]) -> the number of CPUs this process may use: the CPUs of its
+-- affinity mask (sched_getaffinity; taskset and cpusets change it), capped
+-- by the cgroup v2 CPU quota (`cpu.max` of this process's cgroup and its
+-- parents: ceil(quota / period), at least 1; "max" is no cap). At least 1.
+-- opts.cpu_max: the path of a cpu.max file to read instead of the cgroup's
+-- (for tests and unusual mounts). The default size of tether.pool.
+function tether.cpus(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #1 to 'cpus' (table or nil expected, got " .. type(opts) .. ")", 2)
+  end
+  local path = opts and opts.cpu_max
+  if path ~= nil and type(path) ~= "string" then
+    error("bad argument #1 to 'cpus' (field 'cpu_max' must be a path)", 2)
+  end
+  local n = core.cpu_count() or 1
+  for _, f in ipairs(path and { path } or cpu_max_files()) do
+    local cap = quota_cap(f)
+    if cap and cap < n then n = cap end
+  end
+  return math.max(1, n)
+end
+
 --- exit(code): exits the process with code (default 0; true = 0, false = 1),
 -- closing the Lua state first so finalizers run (where the Lua version can).
 function tether.exit(code)
@@ -224,7 +291,7 @@ function tether.waiters.ngx(fd, events, timeout)
 end
 
 local submodules = { exec = true, errors = true, env = true, signal = true, context = true,
-  supervisor = true, systemd = true, reaper = true, fs = true, sync = true }
+  supervisor = true, systemd = true, reaper = true, fs = true, sync = true, pool = true }
 
 return setmetatable(tether, {
   __index = function(t, k)
