@@ -179,20 +179,19 @@ check-asan:
 # leak or an invalid access fails it (spec/helpers/valgrind.supp silences known noise outside
 # tether). Children are not traced. VG_SPECS picks the spec files (default: all of spec/).
 # spec/helpers/valgrind.lua pre-grows the stack (see there); TETHER_VALGRIND=1 lets specs skip
-# what valgrind cannot emulate. Slow (each spawn forks a memcheck until exec): ~11 min here.
+# what valgrind cannot emulate, and util.scale shortens spawn loops. Slow (each spawn forks a
+# memcheck until exec): the spec files run in VG_JOBS shards in parallel
+# (scripts/valgrind-shards.sh), about 6 min on 2 cores.
 VG_DIR   := build/$(LUA)-valgrind
 VG_SPECS ?= spec
+VG_JOBS  ?= $(shell nproc)
 VALGRIND ?= valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
   --child-silent-after-fork=yes --trace-children=no --suppressions=spec/helpers/valgrind.supp
 
 check-valgrind: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
-	@mkdir -p $(VG_DIR)
-	@TETHER_VALGRIND=1 timeout -s KILL 3600 $(VALGRIND) --log-file=$(VG_DIR)/valgrind.log \
-	    $(LUA_BIN) /usr/bin/busted --helper=spec/helpers/valgrind.lua \
-	    -o TAP $(VG_SPECS) > $(VG_DIR)/test.tap 2>$(VG_DIR)/test.err; rc=$$?; \
-	  cat $(VG_DIR)/test.tap; cat $(VG_DIR)/test.err >&2; \
-	  grep -v '^--[0-9]*-- ' $(VG_DIR)/valgrind.log; \
-	  $(LUA_BIN) scripts/tap-summary.lua $(VG_DIR)/test.tap $$rc
+	@rm -rf $(VG_DIR); mkdir -p $(VG_DIR)
+	@TETHER_VALGRIND=1 VG_SPECS="$(VG_SPECS)" timeout -s KILL 3600 \
+	  sh scripts/valgrind-shards.sh $(VG_JOBS) $(VG_DIR) $(LUA_BIN) $(VALGRIND)
 
 # make bench: tether side by side with the peers in ../shared/bench/peers (bench/README.md).
 # As root, first installs the peers' optional toolchains; a peer whose toolchain is missing

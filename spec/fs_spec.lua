@@ -477,7 +477,9 @@ describe("lane threads", function()
       assert.is_truthy(t.name:find("^tether%-fs%d+$"), t.name)
       -- All of 1-64 but SIGKILL (9), SIGSTOP (19), and glibc's SIGCANCEL (32) and SIGSETXID
       -- (33), which pthread_sigmask never blocks (setuid() needs SIGSETXID in every thread).
-      assert.are.equal("fffffffe7ffbfeff", t.sigblk, t.name)
+      -- valgrind keeps signal 64 for itself: a client cannot block it.
+      local want = os.getenv("TETHER_VALGRIND") and "7ffffffe7ffbfeff" or "fffffffe7ffbfeff"
+      assert.are.equal(want, t.sigblk, t.name)
     end
     -- The Lua thread's own mask is as before.
     assert.are.equal(main_before, util.status_of(util.pid()).SigBlk)
@@ -492,6 +494,7 @@ describe("lane threads", function()
   end)
 
   -- Point 4.
+  local SPAWNS = util.scale(1000)
   it("never leak an fd into a child spawned while they open and close files (1000 spawns)", function()
     local paths, dir = files(1000)
     -- `ls -l /proc/self/fd/` in the child: fds 0-2, and the one ls lists the directory with.
@@ -519,18 +522,18 @@ describe("lane threads", function()
       inside = false
     end
     tether.set_waiter(function(fd, events, timeout)
-      if not inside and spawned < 1000 then check_child() end
+      if not inside and spawned < SPAWNS then check_child() end
       core.poll(fd, events, timeout and core.now() + timeout)
     end)
     local rounds = 0
-    while spawned < 1000 do
+    while spawned < SPAWNS do
       local _, errs = fs.read_files(paths, { limit = 4 })
       assert.are.same({}, errs)
       rounds = rounds + 1
     end
     tether.set_waiter(nil)
     assert.are.equal(0, #bad, bad[1])
-    assert.are.equal(1000, spawned)
+    assert.are.equal(SPAWNS, spawned)
     assert.are.equal(100, popened)
     assert.is_true(rounds >= 2)
   end)

@@ -146,15 +146,16 @@ describe("pool:submit", function()
   it("runs 100,000 tasks and returns every result", function()
     local futures = {}
     local f = function(x) return x * 2 + 1 end
-    for i = 1, 100000 do futures[i] = p:submit(f, i) end
-    for i = 1, 100000 do
+    local n = util.scale(100000)
+    for i = 1, n do futures[i] = p:submit(f, i) end
+    for i = 1, n do
       local ok, v = futures[i]:wait()
       if not ok or v ~= i * 2 + 1 then
         error(("task %d gave %s, %s"):format(i, tostring(ok), tostring(v)))
       end
     end
     local s = p:stats()
-    assert.are.equal(100000, s.done)
+    assert.are.equal(n, s.done)
     assert.are.equal(0, s.failed)
     assert.are.equal(0, s.queued)
   end)
@@ -593,7 +594,8 @@ describe("worker threads", function()
       assert.are.equal("tether-w" .. i, w.name)
       local set = blocked(w.status.SigBlk)
       for sig = 1, 64 do
-        local expect = not (sig == 9 or sig == 19 or sig == 32 or sig == 33)
+        local expect = not (sig == 9 or sig == 19 or sig == 32 or sig == 33
+          or (sig == 64 and os.getenv("TETHER_VALGRIND"))) -- valgrind keeps 64 for itself
         assert(set[sig] == expect or (not expect and not set[sig]),
           ("%s: signal %d blocked=%s (SigBlk %s)"):format(w.name, sig, tostring(set[sig]), w.status.SigBlk))
       end
@@ -638,7 +640,7 @@ describe("worker threads", function()
         return n
       end, gate.fd, path)
     end
-    for k = 1, 1000 do
+    for k = 1, util.scale(1000) do
       local out = assert(exec.command("/bin/sh", "-c", "ls /proc/$$/fd; :"):output())
       if out ~= "0\n1\n2\n" then
         gate.open()
