@@ -316,6 +316,18 @@ describe("Process", function()
     assert.are.equal(cmd.process.pid, st:pid())
   end)
 
+  it("cmd:wait(0) returns the status at once after process:wait() reaped a child it saw running", function()
+    local cmd, w, r = start_hang()
+    local ok, err = cmd:wait(0) -- running: a timeout, and the pidfd is now the one to watch
+    assert.is_nil(ok)
+    assert.is_true(errors.is(err, errors.ErrTimeout))
+    assert.is_truthy(w:close())
+    assert.are.equal("", r:read("a"))
+    assert.are.equal(0, assert(cmd.process:wait()):exit_code())
+    assert.is_true(cmd:wait(0)) -- the state reached through the Process counts
+    assert.are.equal(0, cmd.process_state:exit_code())
+  end)
+
   it("exec.find_process() gives a Process that can signal our child", function()
     local cmd = util.reap_later(child("hang"))
     local r = assert(cmd:stdout_pipe())

@@ -750,6 +750,7 @@ end
 -- for all, so a pipeline's stages never wait on each other through Lua. A command's
 -- context and wait_delay are watched here too.
 local function drive(cmds, deadline, wctx)
+  local last_pass = false -- the deadline passed as an fd turned ready: one more pass takes it
   while true do
     if wctx and wctx:done() then return nil, wctx:err() end
     -- The pidfds go first in the wait list: wait_many reports the first ready pair, so an
@@ -769,7 +770,8 @@ local function drive(cmds, deadline, wctx)
       end
       if not c._state then
         local st, err = false, nil
-        if c._exit_seen ~= false then st, err = c.process:try_wait() end
+        -- (or when the Process was reaped through another handle, e.g. process:try_wait())
+        if c._exit_seen ~= false or c.process._state then st, err = c.process:try_wait() end
         if st == nil then return nil, err end
         if st then
           c._state = st
@@ -798,13 +800,16 @@ local function drive(cmds, deadline, wctx)
       local soon = core.now() + 0.005
       if not d or soon < d then d = soon end
     end
+    local ready = false
     if #list > 0 then
       local i = wait.wait_many(list, d)
       if i and pids[i] then pids[i]._exit_seen = true end
+      ready = i and i ~= 0
     else require("tether").sleep(d - core.now()) end
     if deadline and core.now() >= deadline then
       if wctx and wctx:done() then return nil, wctx:err() end
-      return nil, errors.timeout("wait", nil)
+      if not ready or last_pass then return nil, errors.timeout("wait", nil) end
+      last_pass = true
     end
   end
 end
