@@ -12,7 +12,7 @@
 --   util.fds_of([pid])        sorted list of open fd numbers (default: ours;
 --                             the listing's own popen pipe left out)
 --   util.fd_count([pid])      #util.fds_of(pid)
---   util.scale(n)             n, or a tenth of it under valgrind (TETHER_VALGRIND)
+--   util.scale(n)             n, or n / TETHER_SCALE (a tenth under valgrind)
 --   util.fd_summary([pid])    "fd:target ..." for failure messages
 --   util.fd_target(pid, fd)   readlink of /proc/<pid>/fd/<fd>, or nil
 --   util.fd_of(path)          the fd number of ours that points at path
@@ -107,14 +107,21 @@ function M.sh(cmd)
   return body, tonumber(code)
 end
 
--- "FD TARGET" lines for pid's open fds, listed by a shell run with io.popen.
--- Listing our own fds that way shows the popen pipe, and (racily) its other
--- end that glibc closes while the shell starts: both are left out, so the
+-- "FD TARGET" lines for pid's open fds, listed by one `ls -l` run with io.popen (one
+-- process: the leak check runs around every test). Listing our own fds that way shows
+-- the popen pipe, and (racily) its other end that glibc closes while ls starts: ls also
+-- lists its own stdout (/proc/self/fd/1, that same pipe), and both are left out, so the
 -- listing is exact.
 local function fd_lines(pid)
-  return M.sh("me=$(readlink /proc/$$/fd/1); cd /proc/" .. (pid or M.pid()) ..
-    "/fd 2>/dev/null && for f in *; do t=$(readlink $f) || continue; " ..
-    "[ \"$t\" = \"$me\" ] && continue; printf '%s %s\\n' \"$f\" \"$t\"; done")
+  local p = assert(io.popen("exec ls -l /proc/" .. (pid or M.pid()) .. "/fd/ /proc/self/fd/1 2>/dev/null", "r"))
+  local out = p:read("*a")
+  p:close()
+  local me = out:match("/proc/self/fd/1 %-> ([^\n]*)")
+  local lines = {}
+  for fd, target in out:gmatch("%s(%d+) %-> ([^\n]*)") do
+    if target ~= me then lines[#lines + 1] = fd .. " " .. target end
+  end
+  return table.concat(lines, "\n")
 end
 
 function M.fds_of(pid)
@@ -124,11 +131,14 @@ function M.fds_of(pid)
   return list
 end
 
--- Under valgrind every spawn forks a whole memcheck: loops that repeat a spawn to catch a
--- leak still repeat it, at a tenth of the count, so make check-valgrind fits CI's time.
+-- Loops that repeat a spawn or a task to catch a leak still repeat it, at 1/TETHER_SCALE of
+-- the count: CI's extra runs (other Lua versions, ASan) set it so that the whole CI fits its
+-- time; the main run keeps the full counts. Under valgrind every spawn forks a whole
+-- memcheck: a tenth unless TETHER_SCALE says otherwise.
 function M.scale(n)
-  if os.getenv("TETHER_VALGRIND") then return math.max(1, math.floor(n / 10)) end
-  return n
+  local div = tonumber(os.getenv("TETHER_SCALE") or "") or (os.getenv("TETHER_VALGRIND") and 10) or 1
+  if div <= 1 then return n end
+  return math.max(1, math.floor(n / div))
 end
 
 function M.fd_count(pid)
@@ -181,7 +191,9 @@ end
 function M.children_of(ppid)
   -- List /proc with a shell, then read each stat from Lua once the shell
   -- (itself our child) is gone.
-  local names = M.sh("ls /proc")
+  local p = assert(io.popen("exec ls /proc", "r"))
+  local names = p:read("*a")
+  p:close()
   local list = {}
   for pid in names:gmatch("%d+") do
     local st = M.stat_of(pid)
