@@ -7,6 +7,7 @@ local util = require "helpers.util"
 local exec = require "tether.exec"
 
 local sq = util.shquote
+local unpack = table.unpack or unpack
 local CHILD = util.root .. "/spec/helpers/initchild.sh"
 
 local function have(prog)
@@ -130,10 +131,12 @@ for _, init in ipairs(inits) do
         assert.are.same({ "adopted 100", "zombies 0" }, got)
       end)
 
-      it("forwards TERM, HUP, USR1 and USR2 to the child", function()
+      -- initchild.sh's record mode traps these and exits once each came.
+      local FORWARDED = { "TERM", "HUP", "USR1", "USR2", "INT", "QUIT", "WINCH", "ALRM", "CONT" }
+      it("forwards TERM, HUP, USR1, USR2 and the other catchable signals (INT, QUIT, WINCH, ALRM, CONT) to the child", function()
         local file = util.tmpname()
         local cmd, pid = start_in_namespace(init, "", "record", file)
-        for _, s in ipairs { "TERM", "HUP", "USR1", "USR2" } do
+        for _, s in ipairs(FORWARDED) do
           os.execute("kill -" .. s .. " " .. pid)
           util.sleep(0.05)
         end
@@ -142,7 +145,9 @@ for _, init in ipairs(inits) do
         table.sort(got)
         os.remove(file); os.remove(file .. ".ready")
         assert.is_true(ok, tostring(err) .. " " .. table.concat(cmd.stderr))
-        assert.are.same({ "HUP", "TERM", "USR1", "USR2" }, got)
+        local want = { unpack(FORWARDED) }
+        table.sort(want)
+        assert.are.same(want, got)
       end)
 
       it("with -g signals the child's whole group: a grandchild that does not trap dies", function()
@@ -199,6 +204,17 @@ for _, init in ipairs(inits) do
         assert.are.equal(0, code)
         assert.truthy(err:find("not running as PID 1", 1, true), err)
         assert.truthy(err:find("subreaper", 1, true), err)
+      end)
+
+      it("-v says more (as tini, INFO and DEBUG on stdout): -v -v reports the child's start and exit status", function()
+        local quiet, qerr, code = run(init.cmd .. " -s -- sh -c " .. sq("exit 3"))
+        assert.are.equal(3, code, qerr)
+        assert.are.equal("", quiet .. qerr)
+        local out, err, vcode = run(init.cmd .. " -s -v -v -- sh -c " .. sq("exit 3"))
+        assert.are.equal(3, vcode, err)
+        assert.truthy(out:find("%[INFO  [%w-]+ %(%d+%)%] Spawned child process 'sh' with pid '%d+'"), out)
+        assert.truthy(out:find("Main child exited normally (with status '3')", 1, true), out)
+        assert.are.equal("", err)
       end)
 
       it("exits 127 when the program is missing, 126 when it cannot be executed", function()

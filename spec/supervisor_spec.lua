@@ -160,6 +160,59 @@ describe("supervisor:run", function()
     assert.are.equal(5, summary.flaky.starts)
   end)
 
+  -- The delays a crash loop asks for, until n of them were asked (then ctx is cancelled).
+  local function crash_delays(backoff, n)
+    local ctx, cancel = context.with_cancel(context.background())
+    local delays = {}
+    local s = supervisor.new {
+      { name = "crash", command = sh("exit 1") },
+      backoff = backoff, grace = 1,
+      on_event = function(_, event, info)
+        if event == "backoff" then
+          delays[#delays + 1] = info.delay
+          if #delays == n then cancel() end
+        end
+      end,
+    }
+    local summary = assert(s:run(ctx))
+    assert.are.equal(n, summary.crash.restarts + (summary.crash.result == "stopped" and 1 or 0))
+    return delays
+  end
+
+  it("caps the backoff at backoff.max", function()
+    assert.are.same({ 0.01, 0.02, 0.04, 0.04, 0.04 },
+      crash_delays({ initial = 0.01, max = 0.04, jitter = 0 }, 5))
+  end)
+
+  it("spreads each delay by the jitter factor, within [d * (1 - jitter), d * (1 + jitter)]", function()
+    local jitter = 0.5
+    local delays = crash_delays({ initial = 0.01, max = 0.04, jitter = jitter }, 8)
+    local plain = 0
+    for i, got in ipairs(delays) do
+      local d = math.min(0.01 * 2 ^ (i - 1), 0.04)
+      assert.is_true(got >= d * (1 - jitter) - 1e-12 and got <= d * (1 + jitter) + 1e-12,
+        ("delay %d: %g outside %g +- %d%%"):format(i, got, d, jitter * 100))
+      if got == d then plain = plain + 1 end
+    end
+    assert.is_true(plain < #delays, "no delay was jittered")
+  end)
+
+  it("counts only the restarts inside the intensity window", function()
+    -- one restart allowed per 0.2 s; restarts come at least 0.3 s apart (the backoff)
+    local ctx, cancel = context.with_cancel(context.background())
+    local s = supervisor.new {
+      { name = "slow", command = sh("exit 1") },
+      backoff = { initial = 0.3, max = 0.3, jitter = 0 }, intensity = { max = 1, window = 0.2 }, grace = 1,
+      on_event = function(_, event, info)
+        if event == "restart" and info.restarts == 3 then cancel() end
+      end,
+    }
+    local summary, err = s:run(ctx)
+    assert.is_nil(err and tostring(err))
+    assert.are.equal(3, summary.slow.restarts)
+    assert.are.equal("stopped", summary.slow.result)
+  end)
+
   it("returns an error naming the child when the intensity limit is passed, after stopping the others", function()
     local rec = recorder()
     local s = supervisor.new {
@@ -239,6 +292,33 @@ describe("supervisor:run", function()
     assert.are.equal(1, rec.count("parent", "kill"))
     assert.is_false(util.alive(grandchild), "the grandchild survived")
     assert.are.same({}, members(rec.pids[1]))
+  end)
+
+  it("waits grace seconds between SIGTERM and SIGKILL, and sends no SIGKILL to a child that exits in time", function()
+    local file = util.tmpname()
+    util.defer(function() os.remove(file) end)
+    local ctx, cancel = context.with_cancel(context.background())
+    local at = {}
+    local rec = recorder(function(name, event)
+      at[name .. ":" .. event] = tether.now()
+      if name == "watcher" and event == "done" then cancel() end
+    end)
+    local grace = 0.4
+    local s = supervisor.new {
+      { name = "stubborn", command = sh('trap "" TERM; echo up > "$1"; sleep 60 & wait', file) },
+      -- leaves on SIGTERM after a moment, well within the grace
+      { name = "polite", command = sh('trap "sleep 0.05; exit 0" TERM; sleep 60 & wait') },
+      watcher(file),
+      grace = grace, on_event = rec.on_event,
+    }
+    local summary = assert(s:run(ctx))
+    assert.are.equal("SIGKILL", summary.stubborn.signal)
+    assert.is_true(at["stubborn:kill"] - at["stubborn:stop"] >= grace,
+      ("SIGKILL %.3f s after SIGTERM, grace %g s"):format(at["stubborn:kill"] - at["stubborn:stop"], grace))
+    assert.are.equal(1, rec.count("polite", "stop"))
+    assert.are.equal(0, rec.count("polite", "kill"))
+    assert.are.equal("stopped", summary.polite.result)
+    assert.are.equal(0, summary.polite.exit_code)
   end)
 
   it("stops what a child left in its group when it exits, and returns once all finished for good", function()

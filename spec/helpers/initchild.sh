@@ -13,8 +13,9 @@
 #                     until no zombie is left (at most 20 s), write "zombies Z" (every
 #                     zombie in the namespace as PID 1's child; else the init's zombie
 #                     children); exit 0
-#   record FILE       trap TERM HUP USR1 USR2, appending each name to FILE as it
-#                     arrives; write "ready" to FILE.ready; exit 0 once all four came
+#   record FILE       trap TERM HUP USR1 USR2 INT QUIT WINCH ALRM CONT, appending each
+#                     name to FILE as it arrives; write "ready" to FILE.ready; exit 0 once
+#                     all nine came
 #   group FILE        trap TERM (append "TERM" to FILE, and "alive" when the grandchild
 #                     still lives then); start a grandchild `sleep 1000` that does not
 #                     trap; write "ready" to FILE.ready; wait for the grandchild, append
@@ -88,11 +89,12 @@ orphans)
   ;;
 record)
   file=$1
-  for s in TERM HUP USR1 USR2; do trap "echo $s >> '$file'" $s; done
+  set -- TERM HUP USR1 USR2 INT QUIT WINCH ALRM CONT
+  for s in "$@"; do trap "echo $s >> '$file'" $s; done
   echo ready > "$file.ready"
   while :; do
     n=$(grep -c . "$file" 2>/dev/null)
-    [ "${n:-0}" -ge 4 ] && break
+    [ "${n:-0}" -ge $# ] && break
     sleep 0.05
   done
   exit 0
