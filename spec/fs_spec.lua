@@ -215,6 +215,43 @@ describe("fs.read_files", function()
     fifo.release()
   end)
 
+  it("runs at most 4 reads at once on at most 4 extra threads when no limit is given", function()
+    local fifos, paths = {}, {}
+    for i = 1, 6 do fifos[i] = held_fifo(); paths[i] = fifos[i].path end
+    local base = tether.threads()
+    -- FIFOs a lane thread has open now (ours and the lane's fd on the same path).
+    local function opened()
+      local list, fds = {}, util.fd_summary()
+      for _, f in ipairs(fifos) do
+        local _, count = fds:gsub(":" .. f.path:gsub("%p", "%%%0"), "")
+        if count >= 2 then list[#list + 1] = f end
+      end
+      return list
+    end
+    local most_open, most_threads, first = 0, 0, true
+    -- (the waiter sleeps with core.sleep_until: tether.sleep would call the waiter again)
+    tether.set_waiter(function(fd, events)
+      most_threads = math.max(most_threads, tether.threads() - base)
+      if first then -- the first wait: four reads block on their FIFOs, and no fifth starts
+        first = false
+        local deadline = tether.now() + 10
+        while #opened() < 4 and tether.now() < deadline do core.sleep_until(core.now() + 0.01) end
+        core.sleep_until(core.now() + 0.1)
+        most_threads = math.max(most_threads, tether.threads() - base)
+      end
+      local now_open = opened()
+      most_open = math.max(most_open, #now_open)
+      for _, f in ipairs(now_open) do f.release() end
+      if fd >= 0 then core.poll(fd, events, core.now() + 0.01) else core.sleep_until(core.now() + 0.01) end
+    end)
+    local datas, errs = fs.read_files(paths)
+    tether.set_waiter(nil)
+    assert.are.same({}, errs)
+    for i = 1, 6 do assert.are.equal("fifo data", datas[i]) end
+    assert.are.equal(4, most_open)
+    assert.is_true(most_threads <= 4, most_threads .. " extra threads")
+  end)
+
   it("marks every file with the error of a context done before the call, reading none", function()
     local ctx, cancel = context.with_cancel(context.background())
     cancel()
@@ -364,37 +401,41 @@ describe("fs.write_file", function()
     local size = 1024 * 1024
     local v1, v2 = ("A"):rep(size), ("B"):rep(size + 4096)
     assert(fs.write_file(p, v1, { atomic = true }))
-    local stop, out = dir .. "/stop", dir .. "/reader.out"
+    local stop, out, both = dir .. "/stop", dir .. "/reader.out", dir .. "/both"
+    -- The reader reads the file over and over; once it has seen both versions 5 times
+    -- each it says so in `both` (the writer goes on until then: the reads overlap writes).
     local reader = exec.command(util.lua(), "-e", ([[
-      local p, stop, size = %q, %q, %d
-      local reads, bad, seen = 0, 0, {}
+      local p, stop, both, size = %q, %q, %q, %d
+      local reads, bad, seen = 0, 0, { A = 0, B = 0 }
       local function exists(f) local h = io.open(f) if h then h:close() return true end end
       while not exists(stop) do
         local f = io.open(p, "rb")
         local s = f and f:read("*a")
         if f then f:close() end
         reads = reads + 1
-        if s == string.rep("A", size) then seen.A = true
-        elseif s == string.rep("B", size + 4096) then seen.B = true
+        if s == string.rep("A", size) then seen.A = seen.A + 1
+        elseif s == string.rep("B", size + 4096) then seen.B = seen.B + 1
         else bad = bad + 1 end
+        if seen.A >= 5 and seen.B >= 5 and not exists(both) then io.open(both, "w"):close() end
       end
-      print(reads, bad, seen.A and "A" or "-", seen.B and "B" or "-")]]):format(p, stop, size))
+      print(reads, bad, seen.A, seen.B)]]):format(p, stop, both, size))
     local outf = assert(io.open(out, "w"))
     reader.stdout = outf
     util.reap_later(reader)
     assert(reader:start())
     outf:close()
-    for k = 1, 200 do
+    local k, deadline = 0, tether.now() + 60
+    repeat
+      k = k + 1
       assert.is_true(fs.write_file(p, k % 2 == 0 and v1 or v2, { atomic = true }))
-    end
+    until (k % 50 == 0 and util.readfile(both)) or tether.now() > deadline
     util.writefile(stop, "")
     assert(reader:wait())
-    local reads, bad, a = util.readfile(out):match("(%d+)%s+(%d+)%s+(%S)")
+    local reads, bad, a, b = util.readfile(out):match("(%d+)%s+(%d+)%s+(%d+)%s+(%d+)")
     assert.is_truthy(reads, util.readfile(out))
     assert.are.equal("0", bad, "the reader saw a partial file")
-    assert.is_true(tonumber(reads) > 1)
-    assert.are.equal("A", a)
-    assert.are.same({ "reader.out", "stop", "target" }, listing()) -- no temporary file left
+    assert.is_true(tonumber(a) >= 5 and tonumber(b) >= 5, ("the reader saw A %s times, B %s times"):format(a, b))
+    assert.are.same({ "both", "reader.out", "stop", "target" }, listing()) -- no temporary file left
   end)
 
   it("atomic: keeps the replaced file's permission bits, honours mode, and syncs", function()

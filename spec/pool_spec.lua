@@ -522,11 +522,26 @@ describe("pool:map", function()
   end)
 
   it("with ordered = false returns every result in completion order", function()
-    local list = {}
-    for i = 1, 200 do list[i] = i end
-    local res = assert(p:map(function(x) return x end, list, { ordered = false }))
-    table.sort(res)
-    assert.are.same(list, res)
+    -- element 1 waits on a gate that element 200's task opens: it completes last
+    local r, w = assert(core.pipe())
+    util.defer(function() r:close(); if w then w:close() end end)
+    local list = { { gate = r:getfd() } }
+    for i = 2, 199 do list[i] = i end
+    list[200] = { open = w:getfd() }
+    local res = assert(p:map(function(x)
+      local c = require "tether.core"
+      if type(x) == "table" and x.gate then c.poll(x.gate, "r"); return 1 end
+      if type(x) == "table" then
+        local f = assert(io.open("/proc/self/fd/" .. x.open, "w")) -- the same pipe, opened anew
+        f:write("x"); f:close()
+        return 200
+      end
+      return x
+    end, list, { ordered = false }))
+    assert.are.equal(1, res[#res])
+    local sorted = { unpack(res) }
+    table.sort(sorted)
+    for i = 1, 200 do assert.are.equal(i, sorted[i]) end
   end)
 
   it("returns nil, err with the index of the first failed element", function()
@@ -631,6 +646,30 @@ describe("worker threads", function()
       assert.is_true(ok)
       assert.are.equal("0", cpus)
     end
+    p:close()
+  end)
+
+  it("opens every fd of its own close-on-exec: a child of io.popen (which closes nothing) sees none", function()
+    local function popen_fds()
+      local f = assert(io.popen("exec ls -l /proc/self/fd/"))
+      local out = f:read("*a")
+      f:close()
+      local t = {}
+      for fd, target in out:gmatch("%s(%d+) %-> ([^\n]*)") do
+        if tonumber(fd) > 2 and not target:find("^/proc/%d+/fd$") then t[#t + 1] = fd .. ":" .. target end
+      end
+      table.sort(t)
+      return table.concat(t, " ")
+    end
+    local before = popen_fds() -- what the test runner itself leaves inheritable
+    local gate = new_gate()
+    local p = assert(pool.new { size = 2, queue = 4 })
+    local running = p:submit(blocker, gate.fd)
+    local queued = { p:submit(blocker, gate.fd), p:submit(blocker, gate.fd) }
+    assert.is_true(running:pollfd() >= 0)
+    assert.are.equal(before, popen_fds())
+    gate.open()
+    for _, f in ipairs { running, queued[1], queued[2] } do assert.are.same({ true, "released" }, { f:wait() }) end
     p:close()
   end)
 
