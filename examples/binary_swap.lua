@@ -6,7 +6,8 @@
 -- stops accepting, finishes what it accepted, and exits; the parent then starts the new
 -- one on the same socket. The socket never closes, so connections that arrive during the
 -- swap wait in its backlog and are never refused. A client process makes connections the
--- whole time and counts who served each one.
+-- whole time and counts who served each one; the parent counts the connections made before
+-- the server that answered them was ready (they waited in the backlog through a swap).
 --
 --   lua5.4 examples/binary_swap.lua                      200 connections, swaps v1 -> v2 -> v3
 --   TETHER_DEMO_CONNECTIONS=1000 lua5.4 examples/binary_swap.lua
@@ -59,6 +60,7 @@ end
 local function client(port, n)
   local by, refused, failed = {}, 0, 0
   for i = 1, n do
+    local t = tether.now() -- the monotonic clock is the same in every process
     local c, err = socket.connect("127.0.0.1", port)
     if not c then
       if err == "connection refused" then refused = refused + 1 else failed = failed + 1 end
@@ -67,7 +69,7 @@ local function client(port, n)
       local line = c:receive("*l")
       c:close()
       if line then by[line] = (by[line] or 0) + 1 else failed = failed + 1 end
-      say("progress %d %s", i, line or "-")
+      say("progress %d %s %.6f", i, line or "-", t)
     end
   end
   local parts = {}
@@ -82,6 +84,10 @@ local function parent()
   local _, port = listener:getsockname()
   say("parent: listening on 127.0.0.1:%d", port)
 
+  -- When each server became ready: a connection made before its server was ready
+  -- waited in the socket's backlog through a swap.
+  local ready_at, conns = {}, {}
+
   local function start_server(version)
     local cmd = exec.command(LUA, SCRIPT, "serve", version)
     cmd.extra_files = { listener:getfd() } -- fd 3 in the child
@@ -90,6 +96,7 @@ local function parent()
     local out = assert(cmd:stdout_pipe())
     assert(cmd:start())
     assert(out:read("l", 30) == "ready", "the server did not start")
+    ready_at[version] = tether.now()
     say("parent: %s ready (pid %d)", version, cmd.process.pid)
     return { cmd = cmd, out = out, version = version }
   end
@@ -110,8 +117,9 @@ local function parent()
 
   local swaps = { [math.floor(n / 4)] = "v2", [math.floor(n * 3 / 5)] = "v3" }
   for line in progress:lines() do
-    local i = tonumber(line:match("^progress (%d+)"))
-    if not i then say("%s", line) end
+    local i, v, t = line:match("^progress (%d+) (%S+) (%S+)")
+    i = tonumber(i)
+    if i then conns[#conns + 1] = { v, tonumber(t) } else say("%s", line) end
     local next_version = i and swaps[i]
     if next_version then
       say("parent: swapping %s -> %s after %d connections", current.version, next_version, i)
@@ -120,6 +128,11 @@ local function parent()
     end
   end
   assert(cl:wait(60))
+  local waited = 0
+  for _, c in ipairs(conns) do
+    if ready_at[c[1]] and c[2] < ready_at[c[1]] then waited = waited + 1 end
+  end
+  say("parent: %d connection(s) made before their server was ready, all served", waited)
   stop_server(current)
   listener:close()
   say("parent: done")

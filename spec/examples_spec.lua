@@ -119,13 +119,21 @@ describe("examples", function()
       "parent: swapping v2 -> v3 after 120 connections",
       "parent: v3 ready",
       "client: 200 connections, 0 refused, 0 failed; served by v1=",
+      "connection(s) made before their server was ready, all served",
       "parent: done",
     })
-    -- every version served, and the counts add up to 200
+    -- every version served, and the counts add up to 200; each server drained what the
+    -- client says it served
     local v1, v2, v3 = out:match("served by v1=(%d+) v2=(%d+) v3=(%d+)")
     assert.is_truthy(v1, out)
     assert.are.equal(200, tonumber(v1) + tonumber(v2) + tonumber(v3))
     assert.is_true(tonumber(v2) > 0 and tonumber(v3) > 0)
+    local drained = {}
+    for v, k in out:gmatch("parent: (v%d) exited after serving (%d+) connection") do drained[v] = k end
+    assert.are.same({ v1 = v1, v2 = v2, v3 = v3 }, drained)
+    -- connections made during a swap waited for the next server, and none was refused
+    local gap = tonumber(out:match("parent: (%d+) connection%(s%) made before their server was ready"))
+    assert.is_true(gap ~= nil and gap >= 1, out)
   end)
 
   it("env_secrets.lua hands the secret to one child and never prints it", function()
