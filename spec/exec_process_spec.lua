@@ -172,9 +172,15 @@ describe("reaping", function()
   end)
 
   it("reaps a child that exits after its Cmd was dropped, at the next tether call", function()
-    local pid = start_and_drop("sleep", "0.3")
+    local gate = util.tmpname()
+    os.remove(gate)
+    util.defer(function() os.remove(gate) end)
+    -- runs until the gate file exists (bounded: 30 s)
+    local pid = start_and_drop("sh", "-c", 'i=0; while [ ! -e "$1" ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done',
+      "sh", gate)
     collectgarbage(); collectgarbage()
     assert.is_true(util.alive(pid))
+    util.writefile(gate, "")
     for _ = 1, 500 do -- until it exited; no tether call meanwhile
       local st = util.stat_of(pid)
       if not st or st.state == "Z" then break end
