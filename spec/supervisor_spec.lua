@@ -281,8 +281,8 @@ describe("supervisor:run", function()
       if name == "watcher" and event == "done" then cancel() end
     end)
     local s = supervisor.new {
-      -- the child dies on SIGTERM; its grandchild ignores it
-      { name = "parent", command = sh('(trap "" TERM; exec sleep 60) & echo $! > "$1"; wait', file) },
+      -- the child dies on SIGTERM; its grandchild ignores it (and says so only once it does)
+      { name = "parent", command = sh([[sh -c 'trap "" TERM; echo $$ > "$1"; exec sleep 60' sh "$1" & wait]], file) },
       watcher(file),
       grace = 0.3, on_event = rec.on_event,
     }
