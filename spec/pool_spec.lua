@@ -522,7 +522,7 @@ describe("pool:map", function()
   end)
 
   it("with ordered = false returns every result in completion order", function()
-    -- element 1 waits on a gate that element 200's task opens: it completes last
+    -- element 1 waits on a gate that element 200's task opens: it completes (nearly) last
     local r, w = assert(core.pipe())
     util.defer(function() r:close(); if w then w:close() end end)
     local list = { { gate = r:getfd() } }
@@ -538,7 +538,8 @@ describe("pool:map", function()
       end
       return x
     end, list, { ordered = false }))
-    assert.are.equal(1, res[#res])
+    -- 1 completes after every element but the one that opened its gate (those two race)
+    assert.is_true(res[#res] == 1 or res[#res - 1] == 1, "1 came at " .. table.concat(res, ","):sub(1, 40))
     local sorted = { unpack(res) }
     table.sort(sorted)
     for i = 1, 200 do assert.are.equal(i, sorted[i]) end
