@@ -61,7 +61,7 @@ describe("spawning under a signal flood", function()
       signal.notify(ch, table.unpack and table.unpack(watched) or unpack(watched))
       util.defer(function() signal.stop(ch) end)
       local before = snapshot()
-      local flooder = start_flooder(sent, 120)
+      local flooder = start_flooder(sent, 900) -- killed below; the time only bounds a runaway
       assert.are.equal("SIGUSR1", ch:recv(10), "the flood arrives")
       local base = snapshot() -- the flooder's pidfd is open now
 
@@ -97,7 +97,7 @@ describe("spawning under a signal flood", function()
       assert.are.equal("SIGKILL", err and err.signal)
       local after = snapshot()
       assert.are.same(before, after)
-      assert.is_true(elapsed < 100, "took " .. elapsed .. " s")
+      assert.is_true(elapsed < 900, "took " .. elapsed .. " s") -- a hang bound, not a timing
     end)
   end
 end)
