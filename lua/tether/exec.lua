@@ -770,7 +770,8 @@ local function drive(cmds, deadline, wctx)
       end
       if not c._state then
         local st, err = false, nil
-        -- (or when the Process was reaped through another handle, e.g. process:try_wait())
+        -- wait4 once a pidfd said so, or when the Process was reaped through another handle
+        -- (process:try_wait(), as the supervisor does)
         if c._exit_seen ~= false or c.process._state then st, err = c.process:try_wait() end
         if st == nil then return nil, err end
         if st then
