@@ -304,10 +304,13 @@ describe("supervisor:run", function()
       if name == "watcher" and event == "done" then cancel() end
     end)
     local grace = 0.4
+    util.defer(function() os.remove(file .. ".polite") end)
     local s = supervisor.new {
-      { name = "stubborn", command = sh('trap "" TERM; echo up > "$1"; sleep 60 & wait', file) },
+      -- "up" once both children have their traps set (the watcher then cancels)
+      { name = "stubborn",
+        command = sh('trap "" TERM; while [ ! -s "$1.polite" ]; do sleep 0.01; done; echo up > "$1"; sleep 60 & wait', file) },
       -- leaves on SIGTERM after a moment, well within the grace
-      { name = "polite", command = sh('trap "sleep 0.05; exit 0" TERM; sleep 60 & wait') },
+      { name = "polite", command = sh('trap "sleep 0.05; exit 0" TERM; echo ok > "$1.polite"; sleep 60 & wait', file) },
       watcher(file),
       grace = grace, on_event = rec.on_event,
     }
