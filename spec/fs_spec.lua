@@ -75,13 +75,17 @@ local function held_fifo()
   assert(os.execute("mkfifo " .. util.shquote(path)))
   local w = assert(io.open(path, "r+"))
   local fifo = { path = path }
+  -- Whether a lane thread has the FIFO open too (ours and its fd in fds, util.fd_summary()).
+  function fifo.opened(fds)
+    local _, count = (fds or util.fd_summary()):gsub(":" .. path:gsub("%p", "%%%0"), "")
+    return count >= 2
+  end
   -- Waits (up to 10 s) until a lane thread has the FIFO open too: releasing it before would
   -- let the lane open it after the data was gone.
   function fifo.wait_opened()
     local deadline = tether.now() + 10
     repeat
-      local _, count = util.fd_summary():gsub(":" .. path:gsub("%p", "%%%0"), "")
-      if count >= 2 then return true end
+      if fifo.opened() then return true end
       util.sleep(0.01)
     until tether.now() > deadline
     return false
@@ -219,12 +223,11 @@ describe("fs.read_files", function()
     local fifos, paths = {}, {}
     for i = 1, 6 do fifos[i] = held_fifo(); paths[i] = fifos[i].path end
     local base = tether.threads()
-    -- FIFOs a lane thread has open now (ours and the lane's fd on the same path).
+    -- FIFOs a lane thread has open now.
     local function opened()
       local list, fds = {}, util.fd_summary()
       for _, f in ipairs(fifos) do
-        local _, count = fds:gsub(":" .. f.path:gsub("%p", "%%%0"), "")
-        if count >= 2 then list[#list + 1] = f end
+        if f.opened(fds) then list[#list + 1] = f end
       end
       return list
     end
