@@ -88,10 +88,14 @@ $(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c
 
-test: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+# SPECS=spec/exec_spec.lua runs one spec file (or several) instead of the whole suite.
+SPECS ?= spec
+SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+
+test: $(CORE) $(SPEC_HELPERS)
 	@mkdir -p $(BUILD)
 	@tap=$(BUILD)/test.$$$$.tap; \
-	  $(LUA_BIN) /usr/bin/busted -o TAP spec > $$tap 2>$$tap.err; rc=$$?; \
+	  $(LUA_BIN) /usr/bin/busted -o TAP $(SPECS) > $$tap 2>$$tap.err; rc=$$?; \
 	  cat $$tap; cat $$tap.err >&2; \
 	  $(LUA_BIN) scripts/tap-summary.lua $$tap $$rc; src=$$?; \
 	  mv -f $$tap $(BUILD)/test.tap; rm -f $$tap.err; exit $$src
