@@ -51,6 +51,15 @@ void tether_reaper_wake(void);         /* async-signal-safe: SIGCHLD arrived (si
  * wait reaps (and the call returns -1/EINTR when nothing else became ready). */
 int tether_poll(struct pollfd *pfd, unsigned long n, int ms);
 
+/* Keeps this library mapped for the rest of the process (pin.c): call before handing a
+ * signal handler or a thread code that may outlive the lua_State. Idempotent. */
+void tether_pin_library(void);
+
+/* The signals whose disposition was SIG_IGN before tether touched them (or is now, for those
+ * tether never touched): what an init hands its child, as tini does (signal.c). */
+#include <signal.h>
+void tether_signal_inherited(sigset_t *ignored);
+
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.
  * Raises naming the argument when it is none of these (fd.c). */
 int tether_checkfd(lua_State *L, int idx);
