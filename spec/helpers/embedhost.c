@@ -62,7 +62,11 @@ static lua_State *state(const char *s) {
 
 static int traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
+#if LUA_VERSION_NUM >= 502 || defined(LUAJIT_VERSION_NUM)
   luaL_traceback(L, L, msg ? msg : "(error object)", 1);
+#else
+  lua_pushstring(L, msg ? msg : "(error object)"); /* Lua 5.1 has no luaL_traceback */
+#endif
   return 1;
 }
 
