@@ -30,7 +30,7 @@ LDFLAGS += -shared -pthread
 
 # What make test and make demo need, from Debian's packages.
 DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix \
-  nginx libnginx-mod-http-lua curl lua-check cppcheck tini
+  nginx libnginx-mod-http-lua curl lua-check cppcheck tini valgrind
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -133,7 +133,7 @@ doc-coverage:
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: tether.core and the Lua modules
 # where this Lua's default package.path and package.cpath look, and bin/tether-init in
-# $(PREFIX)/bin with its first line naming this Lua's interpreter (e.g. /usr/bin/lua5.4).
+# $(PREFIX)/bin with its sh preamble naming this Lua's interpreter (e.g. /usr/bin/lua5.4).
 PREFIX ?= /usr/local
 LUA_ABI := $(if $(filter luajit,$(LUA)),5.1,$(LUA))
 INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
@@ -144,7 +144,7 @@ install: $(CORE)
 	install -m 755 $(CORE) $(DESTDIR)$(INSTALL_CMOD)/tether/core.so
 	cd lua && find tether -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(INSTALL_LMOD)/{} \;
 	install -d $(DESTDIR)$(PREFIX)/bin
-	sed '1s|.*|#!$(shell command -v $(LUA_BIN) || echo /usr/bin/env $(LUA_BIN))|' bin/tether-init > $(DESTDIR)$(PREFIX)/bin/tether-init
+	sed 's|^lua=lua #|lua=$(shell command -v $(LUA_BIN) || echo $(LUA_BIN)) #|' bin/tether-init > $(DESTDIR)$(PREFIX)/bin/tether-init
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/tether-init
 
 clean:

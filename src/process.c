@@ -222,6 +222,9 @@ struct child_args {
   gid_t *groups;
   int ngroups;
   int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
+  int inherit_sigs;      /* issue 14, tini parity: keep inherited SIG_IGN and the mask */
+  uint64_t ign;          /* with inherit_sigs: bit s-1: signal s stays (or becomes again) SIG_IGN */
+  sigset_t mask;         /* with inherit_sigs: the spawning thread's mask, for the child */
   volatile int err;
   volatile int step;
 };
@@ -261,10 +264,18 @@ NO_ASAN static int child_main(void *arg) {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
+  struct sigaction ign; /* inherit_signals: what the process was started with, as tini hands it */
+  memset(&ign, 0, sizeof ign);
+  ign.sa_handler = SIG_IGN;
   for (int s = 1; s < NSIG; s++) {
     struct sigaction old;
     if (s == SIGKILL || s == SIGSTOP) continue;
-    if (sigaction(s, NULL, &old) == 0) {
+    if (a->inherit_sigs && s <= 64 && (a->ign >> (s - 1)) & 1) {
+      if (sigaction(s, &ign, NULL) < 0 && errno == EINVAL) { /* glibc's 32, 33: the raw call */
+        unsigned long k[4] = {(unsigned long)(uintptr_t)SIG_IGN, 0, 0, 0};
+        syscall(SYS_rt_sigaction, s, k, NULL, (size_t)(NSIG / 8));
+      }
+    } else if (sigaction(s, NULL, &old) == 0) {
       if (old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
     } else if (errno == EINVAL) {
       /* glibc keeps 32 and 33 for itself and refuses them: set SIG_DFL with the raw
@@ -324,7 +335,7 @@ NO_ASAN static int child_main(void *arg) {
 
   sigset_t empty;
   sigemptyset(&empty);
-  sigprocmask(SIG_SETMASK, &empty, NULL);
+  sigprocmask(SIG_SETMASK, a->inherit_sigs ? &a->mask : &empty, NULL);
   execve(a->path, a->argv, a->envp);
   step = STEP_EXEC;
 fail:
@@ -374,7 +385,9 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
 
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
- * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
+ * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig,
+ * inherit_signals (keep the dispositions ignored before tether and this thread's mask), sigign
+ * (with inherit_signals: a list of more signal numbers the child starts with ignored)
  * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
@@ -417,6 +430,23 @@ static int proc_spawn(lua_State *L) {
   lua_getfield(L, 1, "foreground");
   a.foreground = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  lua_getfield(L, 1, "inherit_signals");
+  a.inherit_sigs = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (a.inherit_sigs) {
+    a.ign = tether_signal_inherited();
+    lua_getfield(L, 1, "sigign"); /* more signals ignored at start, known to the caller */
+    if (lua_istable(L, -1)) {
+      for (int i = 1; i <= (int)lua_rawlen(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        lua_Integer sig = lua_tointeger(L, -1);
+        if (sig > 0 && sig < NSIG && sig <= 64 && sig != SIGKILL && sig != SIGSTOP)
+          a.ign |= (uint64_t)1 << (sig - 1);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
   a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0, 0, 64);
   lua_Integer uid = opt_int_field(L, 1, "uid", -1, 0, 4294967294.0);
   lua_Integer gid = opt_int_field(L, 1, "gid", -1, 0, 4294967294.0);
@@ -468,6 +498,7 @@ static int proc_spawn(lua_State *L) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
+  a.mask = old;
   int inherit_env = a.envp == NULL;
   if (inherit_env) { tether_env_lock(); a.envp = environ; }
 

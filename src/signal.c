@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_STATES 64 /* lua_States using tether.signal at once in one process */
@@ -361,17 +362,30 @@ static int state_gc(lua_State *L) {
   return 0;
 }
 
-void tether_signal_inherited(sigset_t *ignored) {
-  sigemptyset(ignored);
+uint64_t tether_signal_inherited(void) {
+  uint64_t ignored = 0;
   lock();
-  for (int sig = 1; sig < NSIG; sig++) {
+  for (int sig = 1; sig < NSIG && sig <= 64; sig++) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
-    struct sigaction cur;
-    if (touched[sig]) cur = original[sig];
-    else if (sigaction(sig, NULL, &cur) < 0) continue;
-    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN) sigaddset(ignored, sig);
+    int ign;
+    if (touched[sig]) {
+      ign = !(original[sig].sa_flags & SA_SIGINFO) && original[sig].sa_handler == SIG_IGN;
+    } else {
+      struct sigaction cur;
+      if (sigaction(sig, NULL, &cur) == 0) {
+        ign = !(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN;
+      } else {
+        /* glibc hides 32 and 33 (its own): ask the kernel. A process started by glibc's
+         * posix_spawn (popen, system) may have them ignored, and tini passes that on. */
+        unsigned long k[4] = {0, 0, 0, 0}; /* handler, flags, restorer, mask */
+        ign = syscall(SYS_rt_sigaction, sig, NULL, k, (size_t)(NSIG / 8)) == 0 &&
+              k[0] == (unsigned long)(uintptr_t)SIG_IGN;
+      }
+    }
+    if (ign) ignored |= (uint64_t)1 << (sig - 1);
   }
   unlock();
+  return ignored;
 }
 
 static const luaL_Reg sig_funcs[] = {

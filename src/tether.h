@@ -56,9 +56,10 @@ int tether_poll(struct pollfd *pfd, unsigned long n, int ms);
 void tether_pin_library(void);
 
 /* The signals whose disposition was SIG_IGN before tether touched them (or is now, for those
- * tether never touched): what an init hands its child, as tini does (signal.c). */
-#include <signal.h>
-void tether_signal_inherited(sigset_t *ignored);
+ * tether never touched), bit s-1 for signal s (glibc's own 32 and 33 included): what an
+ * init hands its child, as tini does (signal.c). */
+#include <stdint.h>
+uint64_t tether_signal_inherited(void);
 
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.
  * Raises naming the argument when it is none of these (fd.c). */

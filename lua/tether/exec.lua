@@ -514,6 +514,15 @@ local function validate(self)
   elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
   if self.foreground ~= nil and type(self.foreground) ~= "boolean" then error("exec: cmd.foreground must be a boolean", 3) end
   if self.foreground and pgid == nil then pgid = 0 end -- implies its own group (as Go's Foreground)
+  -- issue 14 (tini parity): the child keeps inherited SIG_IGN dispositions and the mask
+  local inherit, sigign = self.inherit_signals, nil
+  if type(inherit) == "table" then -- the signals also ignored at start, beyond those tether saw
+    sigign = {}
+    for i, sig in ipairs(inherit) do sigign[i] = signum(sig, "exec: cmd.inherit_signals[" .. i .. "]") end
+    inherit = true
+  elseif inherit ~= nil and type(inherit) ~= "boolean" then
+    error("exec: cmd.inherit_signals must be a boolean or a list of signals", 3)
+  end
   local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
   for _, f in ipairs { "uid", "gid" } do
     local v = self[f]
@@ -547,7 +556,7 @@ local function validate(self)
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
-  return env, pgid, pdeathsig
+  return env, pgid, pdeathsig, inherit, sigign
 end
 
 -- A started command keeps its I/O tasks: each is {fd=, kind=, ...} serviced by wait().
@@ -608,7 +617,7 @@ end
 -- is left behind. State errors: "exec: already started".
 function Cmd:start()
   if self._started then return nil, state_error("exec: already started") end
-  local env, pgid, pdeathsig = validate(self)
+  local env, pgid, pdeathsig, inherit, sigign = validate(self)
   if self.cancel ~= nil and not self.ctx then
     return nil, state_error("exec: command with a non-nil Cancel was not created with CommandContext")
   end
@@ -647,6 +656,7 @@ function Cmd:start()
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
     uid = self.uid, gid = self.gid, groups = self.groups,
+    inherit_signals = inherit, sigign = sigign, -- issue 14: tini's child signal state
   }
   close_all(close_after)
   self._child_ends = nil

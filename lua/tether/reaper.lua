@@ -101,6 +101,13 @@ function M.reap()
   return core.reap()
 end
 
+--- reaped() -> {pid, ...}: the processes that were not tether's children
+-- (orphans) reaped since the last call, by reap() or by any tether wait,
+-- oldest first (at most the last 4096). An init logs them (tether-init -w).
+function M.reaped()
+  return core.reaper_taken()
+end
+
 --- stats() -> {enabled=, subreaper=, reaped=, stashed=}: whether reaper mode is
 -- on, whether this process is a child subreaper, how many processes that were
 -- not tether's it reaped so far, and how many of tether's own children it
