@@ -79,6 +79,21 @@ describe("a C host embedding Lua", function()
     assert.are.equal("10 other\n1\n10 dfl\ndone\n", out)
   end)
 
+  it("a forked child (no exec) has its own self-pipe and counts: each process gets its own signal", function()
+    local PIPE = 'local p = io.popen("readlink /proc/" .. require("tether.core").pid() .. "/fd/" .. ' ..
+      'require("tether.core").signal_fd()); print(p:read("l")); p:close()'
+    local RAISE = 'local core = require "tether.core"; assert(core.kill(core.pid(), core.signals.SIGUSR1))'
+    local out, code, err = host("handler", USR1, "open", "run", 1, WATCH, "run", 1, PIPE,
+      "fork", 1, PIPE .. "; " .. RAISE .. "; " .. GOT .. "; assert(ch:try_recv() == nil); print(got)",
+      "raise", USR1, "run", 1, GOT .. "; assert(ch:try_recv() == nil); print(got)")
+    assert.are.equal(0, code, err)
+    local parent_pipe, child_pipe, child_got, forked, parent_got = out:match("^(%S+)\n(%S+)\n(%d+)\nforked (%d+)\n(%d+)\ndone\n$")
+    assert.truthy(parent_pipe, out)
+    assert.matches("^pipe:", parent_pipe)
+    assert.are_not.equal(parent_pipe, child_pipe, "the child's self-pipe is its own")
+    assert.are.same({ "1", "0", "1" }, { child_got, forked, parent_got })
+  end)
+
   it("a state that does not watch a signal does not receive it", function()
     local out, code, err = host("handler", USR1, "open", "open", "run", 1, WATCH,
       "run", 2, 'signal = require "tether.signal"; ch = signal.channel(4); assert(signal.notify(ch, "USR2"))',

@@ -100,10 +100,28 @@ static void quiesce(void) {
   while (atomic_load(&in_handler) > 0) sched_yield();
 }
 
-/* fork from any thread: the child gets a usable lock. */
+/* fork from any thread: the child gets a usable lock, no handler of another thread counted as
+ * running (that thread does not exist in the child: quiesce would wait for ever), and its own
+ * self-pipes, at the same fd numbers: sharing the parent's, the child would take the parent's
+ * wake-ups. Counts caught for the parent are not the child's. */
 static void fork_prepare(void) { pthread_mutex_lock(&sig_lock); }
 static void fork_parent(void) { pthread_mutex_unlock(&sig_lock); }
-static void fork_child(void) { pthread_mutex_init(&sig_lock, NULL); }
+static void fork_child(void) {
+  pthread_mutex_init(&sig_lock, NULL);
+  atomic_store(&in_handler, 0);
+  for (int i = 0; i < MAX_STATES; i++) {
+    struct slot *s = &slots[i];
+    if (!s->used) continue;
+    for (int k = 0; k < NSIG; k++) atomic_store(&s->counts[k], 0);
+    atomic_store(&s->pending, 0);
+    int p[2], w = atomic_load(&s->pipe_w);
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) continue; /* keeps the shared one: spurious wake-ups only */
+    dup3(p[0], s->pipe_r, O_CLOEXEC);
+    dup3(p[1], w, O_CLOEXEC);
+    close(p[0]);
+    close(p[1]);
+  }
+}
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void atfork_init(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
 

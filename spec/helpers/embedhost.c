@@ -6,6 +6,8 @@
  *     open              a new lua_State (standard libraries); states are numbered 1, 2, ...
  *     run K CODE        runs the Lua chunk CODE in state K; an error ends the host (exit 3)
  *     close K           lua_close(state K)
+ *     fork K CODE       fork(); the child runs CODE in state K and exits (0, or 3 on an error);
+ *                       the parent waits and prints "forked N" (N: the child's exit code)
  *     handler SIG       the host's own counting handler for SIG (sa_handler, SA_RESTART)
  *     dfl SIG           SIG_DFL for SIG
  *     raise SIG         kill(getpid(), SIG) (handled before kill returns while one thread)
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -70,6 +73,17 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
+/* Runs the Lua chunk code in L; returns 0, or prints the error and returns -1. */
+static int run(lua_State *L, const char *code) {
+  lua_pushcfunction(L, traceback);
+  if (luaL_loadstring(L, code) != 0 || lua_pcall(L, 0, 0, -2) != 0) {
+    fprintf(stderr, "embedhost: run: %s\n", lua_tostring(L, -1));
+    return -1;
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
 /* Runs argv[i..] up to argc or an "end" that closes a loop; returns the index after it. */
 static int steps(int argc, char **argv, int i) {
   while (i < argc) {
@@ -85,12 +99,22 @@ static int steps(int argc, char **argv, int i) {
       lua_State *L = state(argv[i]);
       const char *code = argv[i + 1];
       i += 2;
-      lua_pushcfunction(L, traceback);
-      if (luaL_loadstring(L, code) != 0 || lua_pcall(L, 0, 0, -2) != 0) {
-        fprintf(stderr, "embedhost: run: %s\n", lua_tostring(L, -1));
-        exit(3);
+      if (run(L, code) < 0) exit(3);
+    } else if (strcmp(s, "fork") == 0 && i + 1 < argc) {
+      lua_State *L = state(argv[i]);
+      const char *code = argv[i + 1];
+      i += 2;
+      fflush(stdout);
+      pid_t pid = fork();
+      if (pid < 0) die("fork failed", NULL);
+      if (pid == 0) {
+        int rc = run(L, code) < 0 ? 3 : 0;
+        fflush(stdout);
+        _exit(rc);
       }
-      lua_pop(L, 1);
+      int st;
+      while (waitpid(pid, &st, 0) < 0) {}
+      printf("forked %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
     } else if (strcmp(s, "close") == 0 && i < argc) {
       lua_State *L = state(argv[i]);
       states[num(argv[i++])] = NULL;
