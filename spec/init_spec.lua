@@ -255,6 +255,14 @@ for _, init in ipairs(inits) do
         assert.are.equal("", err)
       end)
 
+      it("TINI_VERBOSITY=3 names each signal it passes on as strsignal does, and the signal that ended the child", function()
+        local out, err, code = run("env TINI_VERBOSITY=3 " .. init.cmd .. " -s -- sh -c " ..
+          sq("kill -HUP $PPID; exec sleep 30"))
+        assert.are.equal(129, code, err)
+        assert.truthy(out:find("%[DEBUG [%w-]+ %(%d+%)%] Passing signal: 'Hangup'\n"), out)
+        assert.truthy(out:find("] Main child exited with signal (with signal 'Hangup')\n", 1, true), out)
+      end)
+
       it("hands the child the dispositions and mask it was started with: SigIgn 0x1003 for INT, HUP, PIPE ignored", function()
         local started = sq(SIGEXEC) .. " -i 1 -i 2 -i 13 -b 10 -- "
         local show = "grep -E '^Sig(Ign|Blk):' /proc/self/status"
