@@ -83,13 +83,15 @@ static void on_signal(int sig, siginfo_t *info, void *uctx) {
       (void)r;
     }
   }
+  /* Read inside the counted window: apply() changes chained[sig] only after quiesce. The
+   * chained handler runs outside it, so one that never returns (siglongjmp) holds nothing. */
+  struct sigaction c = chained[sig];
   atomic_fetch_sub(&in_handler, 1);
   if (sig == SIGCHLD) tether_reaper_wake(); /* reaper mode (reaper.c) */
-  const struct sigaction *c = &chained[sig];
-  if (c->sa_flags & SA_SIGINFO) {
-    if (c->sa_sigaction) c->sa_sigaction(sig, info, uctx);
-  } else if (c->sa_handler != SIG_DFL && c->sa_handler != SIG_IGN && c->sa_handler != NULL) {
-    c->sa_handler(sig);
+  if (c.sa_flags & SA_SIGINFO) {
+    if (c.sa_sigaction) c.sa_sigaction(sig, info, uctx);
+  } else if (c.sa_handler != SIG_DFL && c.sa_handler != SIG_IGN && c.sa_handler != NULL) {
+    c.sa_handler(sig);
   }
   errno = saved;
 }
@@ -181,6 +183,7 @@ static int apply(int sig) {
     if (installed[sig]) return 0;
     struct sigaction cur, sa;
     if (sigaction(sig, NULL, &cur) < 0) goto fail;
+    quiesce(); /* a late handler of an earlier install may still be reading chained[sig] */
     memset(&chained[sig], 0, sizeof chained[sig]);
     if (is_function(&cur) && !is_ours(&cur) &&
         !in_interpreter((cur.sa_flags & SA_SIGINFO) ? (void (*)(void))cur.sa_sigaction
