@@ -81,7 +81,7 @@ describe("a C host embedding Lua", function()
 
   it("a forked child (no exec) has its own self-pipe and counts: each process gets its own signal", function()
     local PIPE = 'local p = io.popen("readlink /proc/" .. require("tether.core").pid() .. "/fd/" .. ' ..
-      'require("tether.core").signal_fd()); print(p:read("l")); p:close()'
+      'require("tether.core").signal_fd()); print(p:read("*l")); p:close()'
     local RAISE = 'local core = require "tether.core"; assert(core.kill(core.pid(), core.signals.SIGUSR1))'
     local out, code, err = host("handler", USR1, "open", "run", 1, WATCH, "run", 1, PIPE,
       "fork", 1, PIPE .. "; " .. RAISE .. "; " .. GOT .. "; assert(ch:try_recv() == nil); print(got)",
