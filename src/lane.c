@@ -22,7 +22,6 @@
 #include "tether.h"
 #include "lane.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -159,8 +158,7 @@ static void *lane_main(void *arg) {
       if (b->armed && b->ndone >= b->wake_at) {
         b->armed = 0;
         pthread_mutex_unlock(&lane.mu);
-        uint64_t one = 1;
-        while (write(b->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+        tether_efd_write(b->efd);
         pthread_mutex_lock(&lane.mu);
       }
       batch_unref(b);
@@ -184,13 +182,6 @@ static void *lane_main(void *arg) {
   return NULL;
 }
 
-/* Lane threads may outlive the lua_State that loaded this library: never unload it. */
-static void pin_library(void) {
-  Dl_info info;
-  if (dladdr((void *)&lane_main, &info) && info.dli_fname)
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
 /* A forked child has none of the parent's threads: start the lane afresh there. */
 static void fork_prepare(void) { pthread_mutex_lock(&lane.mu); }
 static void fork_parent(void) { pthread_mutex_unlock(&lane.mu); }
@@ -204,7 +195,7 @@ static void fork_child(void) {
 
 static pthread_once_t lane_once = PTHREAD_ONCE_INIT;
 static void lane_init(void) {
-  pin_library();
+  tether_pin_library(); /* lane threads may outlive the lua_State that loaded this library */
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
@@ -522,9 +513,7 @@ static int batch_fd(lua_State *L) {
 
 /* batch:drain(): resets the eventfd after a wait. */
 static int batch_drain(lua_State *L) {
-  struct batch *b = check_batch(L);
-  uint64_t v;
-  while (read(b->efd, &v, sizeof v) < 0 && errno == EINTR) {}
+  tether_efd_drain(check_batch(L)->efd);
   return 0;
 }
 

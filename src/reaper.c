@@ -3,20 +3,19 @@
  * Reaper mode reaps every child that exits, orphans included, with wait4(-1, WNOHANG)
  * (never __WALL: a tether child that has not reached execve is a clone child with exit
  * signal 0 and stays out of reach; orphans are always re-parented with SIGCHLD). It holds
- * the registry lock of process.c around the wait4 loop, and each pid it reaps is handed
+ * the registry lock of children.c around the wait4 loop, and each pid it reaps is handed
  * to tether_child_stash: when it was one of tether's children its status and rusage wait
  * in the registry for its Process (try_wait), so no status is ever lost and no wait sees
  * ECHILD. The pidfd of such a process stays open and readable.
  *
  * How it learns of exits without blocking: SIGCHLD is watched by tether.signal (the Lua
  * layer), whose handler also calls tether_reaper_wake, which bumps an eventfd. That
- * eventfd is the reaper's pollable, and tether's own poll (tether_poll) waits on it too,
+ * eventfd is the reaper's pollable, and tether's own poll (tether_poll, sys.c) waits on it too,
  * so every tether wait reaps as soon as a child exits. The eventfd is created once and
  * kept for the life of the process (a handler may write to it at any time). */
 #include "tether.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -34,29 +33,25 @@ static atomic_int wake_fd = -1;
 static atomic_ulong n_reaped;   /* processes reaped that were not tether's */
 static atomic_ulong n_stashed;  /* tether's children reaped here, status kept */
 
+/* The pids of the last orphans reaped (not tether's children), oldest first, for an init's
+ * per-pid log line (tether-init -w): under the registry lock. Older ones are dropped. */
+#define RECENT_MAX 4096
+static pid_t recent[RECENT_MAX];
+static unsigned recent_first, recent_n;
+
 int tether_reaper_on(void) {
   return atomic_load_explicit(&reaper_on, memory_order_relaxed);
 }
 
 void tether_reaper_wake(void) {
   int fd = atomic_load_explicit(&wake_fd, memory_order_relaxed);
-  if (fd >= 0 && atomic_load_explicit(&reaper_on, memory_order_relaxed)) {
-    int saved = errno;
-    uint64_t one = 1;
-    ssize_t r = write(fd, &one, sizeof one); /* a full counter is readable already */
-    (void)r;
-    errno = saved;
-  }
+  if (fd >= 0 && atomic_load_explicit(&reaper_on, memory_order_relaxed)) tether_efd_write(fd);
 }
 
 int tether_reaper_step(void) {
   int saved = errno, n = 0;
   int fd = atomic_load(&wake_fd);
-  if (fd >= 0) { /* drain first: a SIGCHLD from now on makes it readable again */
-    uint64_t v;
-    ssize_t r = read(fd, &v, sizeof v);
-    (void)r;
-  }
+  tether_efd_drain(fd); /* first: a SIGCHLD from now on makes it readable again */
   tether_children_lock();
   for (;;) {
     int st;
@@ -65,7 +60,13 @@ int tether_reaper_step(void) {
     pid_t pid = wait4(-1, &st, WNOHANG, &ru);
     if (pid > 0) {
       if (tether_child_stash(pid, st, &ru)) atomic_fetch_add(&n_stashed, 1);
-      else { atomic_fetch_add(&n_reaped, 1); n++; }
+      else {
+        atomic_fetch_add(&n_reaped, 1);
+        n++;
+        recent[(recent_first + recent_n) % RECENT_MAX] = pid;
+        if (recent_n < RECENT_MAX) recent_n++;
+        else recent_first = (recent_first + 1) % RECENT_MAX;
+      }
       continue;
     }
     if (pid < 0 && errno == EINTR) continue;
@@ -76,28 +77,9 @@ int tether_reaper_step(void) {
   return n;
 }
 
-int tether_poll(struct pollfd *pfd, unsigned long n, int ms) {
-  int wfd = atomic_load_explicit(&wake_fd, memory_order_relaxed);
-  if (wfd < 0 || !tether_reaper_on()) return poll(pfd, (nfds_t)n, ms);
-  struct pollfd small[16], *all = small;
-  if (n + 1 > sizeof small / sizeof small[0]) {
-    all = malloc((n + 1) * sizeof *all);
-    if (!all) return poll(pfd, (nfds_t)n, ms); /* no memory: reap at the next call */
-  }
-  if (n) memcpy(all, pfd, n * sizeof *all);
-  all[n].fd = wfd;
-  all[n].events = POLLIN;
-  all[n].revents = 0;
-  int r = poll(all, (nfds_t)n + 1, ms);
-  int e = errno, woke = r > 0 && all[n].revents;
-  for (unsigned long i = 0; i < n; i++) pfd[i].revents = all[i].revents;
-  if (all != small) free(all);
-  if (woke) {
-    tether_reaper_step();
-    if (--r == 0) { errno = EINTR; return -1; } /* only the reaper woke: the caller retries */
-  }
-  errno = e;
-  return r;
+int tether_reaper_wake_fd(void) {
+  int fd = atomic_load_explicit(&wake_fd, memory_order_relaxed);
+  return fd >= 0 && tether_reaper_on() ? fd : -1;
 }
 
 /* reaper_start() -> true | nil, errno: reaper mode on (creating the wake-up eventfd once). */
@@ -123,6 +105,21 @@ static int reaper_stop(lua_State *L) {
  * reaper mode is off: without it tether never waits for pid -1). Never blocks. */
 static int reaper_reap(lua_State *L) {
   lua_pushinteger(L, tether_reaper_on() ? tether_reaper_step() : 0);
+  return 1;
+}
+
+/* reaper_taken() -> {pid, ...}: the orphans reaped since the last call (by reap() or by a
+ * tether wait), oldest first; at most the last RECENT_MAX. */
+static int reaper_taken(lua_State *L) {
+  pid_t *copy = lua_newuserdatauv(L, sizeof(pid_t) * RECENT_MAX, 0); /* no allocation under the lock */
+  tether_children_lock();
+  unsigned n = recent_n;
+  for (unsigned j = 0; j < n; j++) copy[j] = recent[(recent_first + j) % RECENT_MAX];
+  recent_first = (recent_first + n) % RECENT_MAX;
+  recent_n = 0;
+  tether_children_unlock();
+  lua_createtable(L, (int)n, 0);
+  for (unsigned j = 0; j < n; j++) { lua_pushinteger(L, copy[j]); lua_rawseti(L, -2, (int)j + 1); }
   return 1;
 }
 
@@ -182,7 +179,7 @@ static int get_tcpgrp(lua_State *L) {
 
 static const luaL_Reg reaper_funcs[] = {
   {"reaper_start", reaper_start}, {"reaper_stop", reaper_stop}, {"reap", reaper_reap},
-  {"reaper_fd", reaper_fd}, {"reaper_stats", reaper_stats}, {"subreaper", get_subreaper},
+  {"reaper_fd", reaper_fd}, {"reaper_taken", reaper_taken}, {"reaper_stats", reaper_stats}, {"subreaper", get_subreaper},
   {"set_subreaper", set_subreaper}, {"set_pdeathsig", set_pdeathsig}, {"tcgetpgrp", get_tcpgrp},
   {NULL, NULL},
 };
