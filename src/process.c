@@ -226,7 +226,8 @@ NO_ASAN void tether_child_reset_signals(void) {
     struct sigaction old;
     if (s == SIGKILL || s == SIGSTOP) continue;
     if (sigaction(s, NULL, &old) == 0) {
-      if (old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
+      /* SIGCHLD's SA_NOCLDWAIT too: the relay intermediate must see its command's status */
+      if (old.sa_handler != SIG_DFL || (s == SIGCHLD && (old.sa_flags & SA_NOCLDWAIT))) sigaction(s, &dfl, NULL);
     } else if (errno == EINVAL) {
       /* glibc keeps 32 and 33 for itself and refuses them: set SIG_DFL with the raw
        * syscall (an all-zero kernel sigaction is SIG_DFL, no flags, empty mask). */
@@ -565,8 +566,8 @@ static int relay_lost(lua_State *L, tproc *p) {
   lua_pushnil(L);
   lua_pushinteger(L, EOWNERDEAD);
   if (WIFSIGNALED(p->lost_status))
-    lua_pushfstring(L, "the relay process holding it was killed by %s; the command was killed with it",
-                    strsignal(WTERMSIG(p->lost_status)));
+    lua_pushfstring(L, "the relay process holding it was killed by SIG%s; the command was killed with it",
+                    sigabbrev_np(WTERMSIG(p->lost_status)) ? sigabbrev_np(WTERMSIG(p->lost_status)) : "?");
   else
     lua_pushliteral(L, "the relay process holding it died; the command was killed with it");
   return 3;
