@@ -560,6 +560,31 @@ static void drop_pidfd(tproc *p) {
   if (p->pidfd >= 0) { close(p->pidfd); p->pidfd = -1; }
 }
 
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+/* wait4(pid, WNOHANG) for p, through its pidfd where there is one (waitid P_PIDFD, with the
+ * raw syscall's rusage argument): should a host reap the child and its pid be reused by
+ * another child of ours, a wait by pid would take that one's status. */
+static pid_t reap(tproc *p, int *st) {
+  static atomic_int no_pidfd_wait;
+  if (p->pidfd >= 0 && !atomic_load_explicit(&no_pidfd_wait, memory_order_relaxed)) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (syscall(SYS_waitid, P_PIDFD, p->pidfd, &si, WEXITED | WNOHANG | __WALL, &p->ru) == 0) {
+      if (si.si_pid == 0) return 0;
+      if (si.si_code == CLD_EXITED) *st = (si.si_status & 0xff) << 8;
+      else if (si.si_code == CLD_DUMPED) *st = (si.si_status & 0x7f) | 0x80;
+      else *st = si.si_status & 0x7f; /* CLD_KILLED */
+      return p->pid;
+    }
+    if (errno != EINVAL) return -1;
+    atomic_store(&no_pidfd_wait, 1); /* Linux < 5.4: by pid */
+  }
+  return wait4(p->pid, st, WNOHANG | __WALL, &p->ru);
+}
+
 /* nil, EOWNERDEAD, message: the relay intermediate died before the command's status was in
  * (its pdeathsig took the command down with it). */
 static int relay_lost(lua_State *L, tproc *p) {
@@ -603,7 +628,7 @@ static int proc_try_wait(lua_State *L) {
     st = rec->status;
     p->ru = rec->ru;
   } else {
-    do r = wait4(p->pid, &st, WNOHANG | __WALL, &p->ru); while (r < 0 && errno == EINTR);
+    do r = reap(p, &st); while (r < 0 && errno == EINTR);
     e = errno;
     if (rec && r != 0) rec_remove(rec); /* reaped, or ECHILD: no longer ours either way */
   }
