@@ -170,6 +170,65 @@ describe("tether.set_spawn_mode", function()
     r:close()
   end)
 
+  for _, case in ipairs { { "SIGTERM", true }, { nil, false } } do
+    local sig, dies = case[1], case[2]
+    relay_it(("relay mode: pdeathsig = %s: the command %s when the thread that started it exits"):format(
+      tostring(sig), dies and "dies" or "lives on"), function()
+      local script = ([[
+        local tether = require "tether"
+        local exec = require "tether.exec"
+        tether.set_spawn_mode("relay")
+        local c = exec.command("sleep", "30")
+        c.pdeathsig = %s
+        assert(c:start())
+        io.write(c.process.pid, "\n")
+        io.stdout:flush()
+        os.exit(0)
+      ]]):format(sig and ("%q"):format(sig) or "nil")
+      local out, err, code = util.lua_run(script)
+      assert.are.equal(0, code, err)
+      local pid = assert(tonumber(out), "command pid: " .. out)
+      util.defer(function() util.sh("kill -KILL " .. pid .. " 2>/dev/null") end)
+      if dies then
+        assert.is_true(util.wait_gone(pid, 5), "still alive after 5 s")
+      else
+        util.sleep(0.3)
+        assert.is_true(util.alive(pid))
+        local relay = util.stat_of(pid).ppid
+        assert.are.equal(0, util.fd_count(relay)) -- the intermediate lives on with it, holding no fd
+        util.sh("kill -KILL " .. pid)
+        assert.is_true(util.wait_gone(relay, 5), "the intermediate outlived its command")
+      end
+    end)
+  end
+
+  relay_it("relay mode: a dropped Cmd's intermediate is reaped at a tether call once its command exits", function()
+    tether.set_spawn_mode("relay")
+    local gate = util.tmpname()
+    os.remove(gate)
+    util.defer(function() os.remove(gate) end)
+    local pid, relay
+    do
+      local cmd = exec.command("sh", "-c", 'i=0; while [ ! -e "$1" ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done',
+        "sh", gate)
+      assert.is_true(cmd:start())
+      pid = cmd.process.pid
+      relay = util.stat_of(pid).ppid
+    end
+    collectgarbage(); collectgarbage()
+    assert.is_true(util.alive(pid))
+    util.writefile(gate, "")
+    for _ = 1, 500 do -- until the intermediate exited (a zombie of ours); no tether call meanwhile
+      local st = util.stat_of(relay)
+      if not st or st.state == "Z" then break end
+      util.sleep(0.01)
+    end
+    assert.are.equal("Z", util.stat_of(relay).state)
+    tether.sleep(0.01)
+    assert.is_nil(util.stat_of(relay), "intermediate " .. relay .. " not reaped")
+    assert.are.equal(0, util.zombies_of())
+  end)
+
   -- Every Cmd field behaves the same in both modes (spec files like exec_spec.lua also run
   -- whole under relay mode: see docs/internals.md).
   for _, mode in ipairs { "direct", "relay" } do
