@@ -319,13 +319,21 @@ struct t_pidfd_info {
 #define T_PIDFD_INFO_EXIT (1ULL << 3)
 
 int tether_pidfd_exit_status(int pidfd, int *status) {
-  struct t_pidfd_info info;
-  memset(&info, 0, sizeof info);
-  info.mask = T_PIDFD_INFO_EXIT;
-  if (ioctl(pidfd, T_PIDFD_GET_INFO, &info) < 0) return -1; /* < 6.13: ENOTTY */
-  if (info.mask & T_PIDFD_INFO_EXIT) { *status = info.exit_code; return 1; }
-  /* no status: still a task (being reaped right now), or a kernel that keeps none */
-  return (info.mask & T_PIDFD_INFO_PID) && info.pid != 0 ? 0 : -1;
+  /* The kernel stores the status (pidfs_exit) before it detaches the pid: "no status and
+   * no task" (or ESRCH) right after another look found neither means the task was released
+   * between the two reads; look again. */
+  for (int tries = 0; tries < 3; tries++) {
+    struct t_pidfd_info info;
+    memset(&info, 0, sizeof info);
+    info.mask = T_PIDFD_INFO_EXIT;
+    if (ioctl(pidfd, T_PIDFD_GET_INFO, &info) < 0) {
+      if (errno != ESRCH) return -1; /* < 6.13: ENOTTY; no such ioctl */
+      continue;
+    }
+    if (info.mask & T_PIDFD_INFO_EXIT) { *status = info.exit_code; return 1; }
+    if ((info.mask & T_PIDFD_INFO_PID) && info.pid != 0) return 0; /* still a task: being reaped */
+  }
+  return -1; /* a kernel that keeps no status (< 6.15) */
 }
 
 NO_ASAN static int status_probe_main(void *arg) {
