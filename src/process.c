@@ -242,6 +242,13 @@ static int spawn_relayed(lua_State *L, struct child_args *a) {
   return 1;
 }
 
+/* The clone that starts a command (both modes: relay.c's intermediate calls it too):
+ * tether_child_main(a) on stack_top, sharing memory, the caller suspended until execve or
+ * _exit, exit signal 0, its pidfd written to *pidfd. Async-signal-safe. */
+NO_ASAN pid_t tether_clone_child(struct child_args *a, char *stack_top, int *pidfd) {
+  return clone(tether_child_main, stack_top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, a, pidfd);
+}
+
 /* A NULL-terminated char* array from the list at t[field] (strings only), in memory
  * owned by a userdata left on the stack. Raises naming the field on a bad element. */
 static char **string_list(lua_State *L, int t, const char *field, int *count) {
@@ -387,7 +394,7 @@ static int proc_spawn(lua_State *L) {
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
   tether_children_lock();
   int pidfd = -1;
-  pid_t pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
+  pid_t pid = tether_clone_child(&a, top, &pidfd);
   if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
     pidfd = -1;
     pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK, &a);

@@ -144,8 +144,7 @@ NO_ASAN static int relay_main(void *arg) {
   }
   a->parent_pid = getpid();
   /* the kernel writes the command's pidfd straight into r: tether closes it even if I dies */
-  pid_t c = clone(tether_child_main, r->stacks + CHILD_STACK, CLONE_VM | CLONE_VFORK | CLONE_PIDFD,
-                  a, &r->cpidfd);
+  pid_t c = tether_clone_child(a, r->stacks + CHILD_STACK, &r->cpidfd);
   if (c < 0) r->clone_err = errno;
   r->cpid = c;
   int status = 0;

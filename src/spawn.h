@@ -58,6 +58,8 @@ struct child_args {
 
 /* The child side of a spawn (process.c): async-signal-safe only; execve or _exit(127). */
 int tether_child_main(void *arg);
+/* Clones the command with tether_child_main (process.c): both modes start it here. */
+pid_t tether_clone_child(struct child_args *a, char *stack_top, int *pidfd);
 /* Every handled or ignored signal back to SIG_DFL (async-signal-safe; process.c). */
 void tether_child_reset_signals(void);
 
