@@ -11,6 +11,7 @@ local wait = require "tether.wait"
 local process = require "tether.process"
 local pipes = require "tether.pipe"
 local engine = require "tether.engine"
+require "tether.host" -- inside nginx, tells the core that "auto" spawns relay
 
 local type, tostring, pairs, ipairs, setmetatable, error, select =
   type, tostring, pairs, ipairs, setmetatable, error, select
