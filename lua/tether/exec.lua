@@ -80,7 +80,7 @@ end
 
 --- look_path(name) -> path | nil, err.
 -- A name with a slash is checked as is. Otherwise each $PATH entry is tried
--- (an empty entry means "."). Not found: err:is(errors.ErrNotFound). A match
+-- (an empty entry means "."; PATH unset searches /bin:/usr/bin, as execvp). Not found: err:is(errors.ErrNotFound). A match
 -- through a relative entry is refused with err:is(errors.ErrDot) and
 -- err.resolved holding the path (as Go 1.19+).
 function exec.look_path(name)
@@ -91,8 +91,9 @@ function exec.look_path(name)
     if ok then return name end
     return nil, errors.new { op = "exec", path = name, err = errors.from_errno(nil, nil, errno), step = "lookup" }
   end
-  local path = core.env_get("PATH") or ""
-  if name ~= "" and path ~= "" then -- an empty PATH searches nothing (as Go)
+  -- PATH unset (nginx workers): the C library's execvp default; an empty PATH searches nothing (as Go)
+  local path = core.env_get("PATH") or "/bin:/usr/bin"
+  if name ~= "" and path ~= "" then
     for dir in (path .. ":"):gmatch("([^:]*):") do
       if dir == "" then dir = "." end
       local candidate = dir .. "/" .. name
