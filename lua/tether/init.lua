@@ -173,8 +173,9 @@ function tether.set_waiter(fn, on_close)
   end
   wait.waiter = fn
   wait.on_close = fn and on_close or nil
-  -- nginx workers reap every child in their SIGCHLD handler: guard tether's.
-  core.guard_children(fn ~= nil and fn == tether.waiters.ngx)
+  -- nginx workers reap every child in their SIGCHLD handler: guard tether's, in this
+  -- thread, from its next spawn on (so init_by_lua, in the master, arms it for the workers).
+  core.guard_children(fn ~= nil and fn == tether.waiters.ngx, true)
 end
 
 --- guard_children(on) -> previous setting. With the guard on, SIGCHLD stays
@@ -182,8 +183,11 @@ end
 -- turned off, so a host whose SIGCHLD handler reaps with waitpid(-1) (nginx
 -- workers, some C hosts) cannot take the exit status of tether's children,
 -- whichever thread started them; tether reaps them through their pidfds. The
--- host's own SIGCHLD handler does not run meanwhile. Turned on by
--- set_waiter(waiters.ngx). Off by default: only named signals are touched.
+-- host's own SIGCHLD handler does not run meanwhile. The setting is per
+-- thread; off unblocks SIGCHLD only where the guard blocked it (never in a
+-- thread that had it blocked already, such as nginx's pool threads).
+-- set_waiter(waiters.ngx) turns it on from the thread's next spawn on.
+-- Off by default: only named signals are touched.
 function tether.guard_children(on)
   return core.guard_children(on and true or false)
 end
