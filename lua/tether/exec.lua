@@ -661,6 +661,7 @@ function Cmd:start()
   end
   self.process = new_process(p)
   self._tasks = tasks
+  if exec._on_start then exec._on_start(self) end -- tether.ngx: ties it to its request (issue 12)
   return true
 end
 
@@ -820,6 +821,7 @@ end
 -- order: the exit status, then the context's error (or ErrWaitDelay), then I/O errors.
 local function finish(self)
   self._waited = true
+  if exec._on_finish then exec._on_finish(self) end -- tether.ngx (issue 12)
   local tasks = self._tasks
   self._tasks = nil
   self:_close_pipes()
@@ -979,5 +981,8 @@ function exec.pipeline(cmds)
 end
 
 exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer
+
+-- Inside nginx's Lua module, a request's commands are tied to it (tether.ngx, issue 12).
+if rawget(_G, "ngx") and type(ngx.get_phase) == "function" then require("tether.ngx").install(exec) end
 
 return exec

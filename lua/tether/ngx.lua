@@ -1,0 +1,210 @@
+--- tether.ngx (internal): tether at home in nginx's Lua module (lua-nginx-module, OpenResty).
+--
+-- Owns two things (issue 12):
+-- * Waiting on the event. waiters.ngx hands every wait to a thread of nginx's thread pool
+--   (ngx.run_worker_thread): the pool thread blocks in poll(2) on the fds, and nginx resumes
+--   the request when the thread is done, so the request wakes on the event itself, not on
+--   a timer. Without a thread pool (or in a phase that cannot use it) it falls back to
+--   checking the fds between ngx.sleep calls with a 1-50 ms backoff.
+-- * Dropped requests. Each command started in a request is registered with that request;
+--   nginx calls a C callback of tether's (tether.core.hostflag) when it frees the request,
+--   whatever the reason (done, client abort, ngx.exit, an error). A per-worker timer (the
+--   sweeper) then cancels the commands the request left running, as their cancel says,
+--   reaps them and closes their pipes. No GC is involved.
+local core = require "tether.core"
+
+local M = {}
+
+--- The thread pool (nginx's `thread_pool NAME ...;`) waits go through; false: never.
+M.thread_pool = "tether"
+
+-- How long one wait in a pool thread may block (seconds): a wait left by a dropped request
+-- frees its pool thread at least this often.
+local SLICE = 1.0
+-- How often the sweeper looks for dropped requests while commands run (seconds).
+local SWEEP = 0.05
+
+local pool_missing = false -- run_worker_thread said this worker has no such pool
+local yield_phases = { rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true }
+local request_phases = { rewrite = true, access = true, content = true }
+
+--- poll_many(list, deadline) -> index | false: runs in a pool thread's Lua VM
+-- (ngx.run_worker_thread); waits for the first ready pair of list, at most SLICE.
+function M.poll_many(list, deadline)
+  local d = core.now() + SLICE
+  if deadline and deadline < d then d = deadline end
+  return core.poll_many(list, d)
+end
+
+-- The backoff fallback: checks the fds, sleeps 1 ms, 2 ms ... 50 ms between checks.
+local function backoff_wait(list, deadline)
+  local sleep, backoff = ngx.sleep, 0.001
+  while true do
+    local i = core.poll_many(list, core.now())
+    if i ~= false then return end -- ready, or a poll error the caller will see
+    local left = deadline and deadline - core.now()
+    if left and left <= 0 then return end
+    sleep(left and math.min(backoff, left) or backoff)
+    backoff = math.min(backoff * 2, 0.05)
+  end
+end
+
+--- wait_many(list, deadline): waits for one pair of list {fd1, ev1, ...} to be ready or the
+-- (absolute, tether.now) deadline, yielding the request meanwhile. May return early.
+function M.wait_many(list, deadline)
+  local pool = M.thread_pool
+  if pool and not pool_missing and yield_phases[ngx.get_phase()] then
+    local ok, res = ngx.run_worker_thread(pool, "tether.ngx", "poll_many", list, deadline)
+    if ok then return end
+    if type(res) == "string" and res:find("no thread pool", 1, true) then
+      pool_missing = true
+      ngx.log(ngx.NOTICE, "tether: no thread_pool \"", pool, "\": waits poll with a backoff")
+    else
+      error("tether: ngx.run_worker_thread failed: " .. tostring(res), 0)
+    end
+  end
+  backoff_wait(list, deadline)
+end
+
+--- wait(fd, events, timeout): the waiter interface (tether.waiters.ngx).
+function M.wait(fd, events, timeout)
+  if fd < 0 then
+    ngx.sleep(timeout or 0.05)
+    return
+  end
+  M.wait_many({ fd, events }, timeout and core.now() + timeout)
+end
+
+---------------------------------------------------------------------------
+-- Requests' commands
+
+local ffi, get_request, C
+local scopes = {}      -- request address -> { flag = hostflag, cmds = { [cmd] = true } }
+local sweeping = false -- the sweeper timer is scheduled
+
+-- setup() -> whether commands can be tied to their requests here (LuaJIT's FFI,
+-- lua-resty-core's get_request and nginx's ngx_http_cleanup_add). Once.
+local ready
+local function setup()
+  if ready ~= nil then return ready end
+  ready = false
+  local ok
+  ok, ffi = pcall(require, "ffi")
+  if not ok then return false end
+  local okb, base = pcall(require, "resty.core.base")
+  if not okb or type(base.get_request) ~= "function" then return false end
+  get_request = base.get_request
+  ok = pcall(ffi.cdef, [[
+    typedef struct tether_ngx_cleanup_s {
+      void *handler; void *data; struct tether_ngx_cleanup_s *next;
+    } tether_ngx_cleanup_t;
+    void *ngx_http_cleanup_add(void *r, size_t size);
+  ]])
+  if not ok then return false end
+  C = ffi.C
+  ok = pcall(function() return C.ngx_http_cleanup_add end)
+  ready = ok
+  return ready
+end
+
+-- Cancels a command its request left: its cancel (default SIGKILL, to the group with
+-- setpgid), then waits; wait_delay bounds the wait before SIGKILL, as with a context.
+local function drop(cmd)
+  if cmd._waited or not cmd.process then return end
+  if not cmd._canceled and not cmd.process_state then
+    cmd._canceled = true
+    local cancel = cmd.cancel or function(c)
+      if c.setpgid == true then return c.process:signal_group("SIGKILL") end
+      return c.process:kill()
+    end
+    pcall(cancel, cmd)
+  end
+  local ok, err = cmd:wait(cmd.wait_delay)
+  if not ok and err and err.is and err:is(require("tether.errors").ErrTimeout) then
+    if cmd.setpgid == true then cmd.process:signal_group("SIGKILL") end
+    cmd.process:kill()
+    cmd:wait()
+  end
+end
+
+local schedule
+
+-- The sweeper: finds the requests nginx has freed and drops what they left.
+local function sweep(premature)
+  sweeping = false
+  local left = {}
+  for key, s in pairs(scopes) do
+    if s.flag:is_set() then
+      scopes[key] = nil
+      for cmd in pairs(s.cmds) do left[#left + 1] = cmd end
+    end
+  end
+  if premature then -- the worker is exiting: no waiting, kill what is left
+    for _, s in pairs(scopes) do for cmd in pairs(s.cmds) do left[#left + 1] = cmd end end
+    for _, cmd in ipairs(left) do
+      if cmd.process and not cmd._waited then pcall(cmd.process.kill, cmd.process) end
+    end
+    return
+  end
+  if next(scopes) then schedule() end
+  local threads = {}
+  for _, cmd in ipairs(left) do
+    cmd._ngx_scope = nil
+    threads[#threads + 1] = ngx.thread.spawn(drop, cmd)
+  end
+  for _, t in ipairs(threads) do ngx.thread.wait(t) end
+end
+
+schedule = function()
+  if sweeping then return end
+  local ok = ngx.timer.at(SWEEP, sweep)
+  sweeping = ok and true or false
+end
+
+--- track(cmd): called by Cmd:start. In a request phase, ties cmd to the request.
+function M.track(cmd)
+  if not request_phases[ngx.get_phase()] or not setup() then return end
+  local r = get_request()
+  if not r then return end
+  local key = tonumber(ffi.cast("uintptr_t", r))
+  local s = scopes[key]
+  if s and s.flag:is_set() then -- a freed request's address, reused: that one is gone
+    local old = {}
+    for c in pairs(s.cmds) do old[#old + 1] = c end
+    scopes[key] = nil
+    if #old > 0 then
+      scopes[{}] = s -- kept for the sweeper under a key of its own
+    end
+    s = nil
+  end
+  if not s then
+    local flag = core.hostflag()
+    local cln = C.ngx_http_cleanup_add(r, 0)
+    if cln == nil then return end
+    cln = ffi.cast("tether_ngx_cleanup_t *", cln)
+    local fn, data = flag:arm()
+    cln.handler, cln.data = fn, data
+    s = { flag = flag, cmds = {} }
+    scopes[key] = s
+  end
+  s.cmds[cmd] = true
+  cmd._ngx_scope = s
+  schedule()
+end
+
+--- untrack(cmd): called when cmd's wait is done.
+function M.untrack(cmd)
+  local s = cmd._ngx_scope
+  if s then
+    s.cmds[cmd] = nil
+    cmd._ngx_scope = nil
+  end
+end
+
+--- install(exec): hooks track/untrack into tether.exec (inside nginx only).
+function M.install(exec)
+  exec._on_start, exec._on_finish = M.track, M.untrack
+end
+
+return M
