@@ -27,6 +27,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_fd(L);
   tether_open_buffer(L);
   tether_open_process(L);
+  tether_open_relay(L);
   tether_open_env(L);
   tether_open_signal(L);
   tether_open_systemd(L);

@@ -11,8 +11,11 @@
  * (nginx's workers) would take the status of tether's children, whichever thread started
  * them. With the guard on, SIGCHLD stays blocked in the thread that turned it on (the
  * host's event loop; other threads of such hosts block it already), so the host's handler
- * never runs while it is on; tether reaps its own children through their pidfds. */
-#include "tether.h"
+ * never runs while it is on; tether reaps its own children through their pidfds.
+ *
+ * Relay mode (relay.c) runs the same child path (tether_child_main, spawn.h) under an
+ * intermediate; the Process then holds a tether_relay instead of a pid table entry. */
+#include "spawn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,20 +32,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* The child runs on a borrowed stack in the parent's memory: keep ASan's stack poisoning
- * out of it, and wipe what it left on that buffer once the parent runs again. */
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define NO_ASAN __attribute__((no_sanitize_address))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define NO_ASAN
-#define UNPOISON(p, n) ((void)0)
-#endif
-
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -71,6 +60,9 @@ typedef struct {
   int status;
   struct rusage ru;
   struct child_rec *rec; /* NULL once reaped or released, or when not our child */
+  tether_relay *relay;   /* relay mode: the intermediate holding the command (relay.c) */
+  int lost;              /* relay mode: the intermediate died first; lost_status is its status */
+  int lost_status;
 } tproc;
 
 static tproc *check_proc(lua_State *L, int idx) {
@@ -152,6 +144,7 @@ static int orphan_add(struct child_rec *r) {
 
 void tether_reap_orphans(void) {
   if (tether_reaper_on()) tether_reaper_step();
+  tether_relay_reap_orphans();
   if (atomic_load_explicit(&orphan_count, memory_order_relaxed) == 0) return;
   int saved = errno;
   pthread_mutex_lock(&children_lock);
@@ -226,37 +219,9 @@ static int proc_guard_children(lua_State *L) {
 
 /* ---- spawn --------------------------------------------------------------------------- */
 
-enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
-            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP };
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp" };
-
-/* Everything the child needs, prepared by the parent: the child only reads it (and fds,
- * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
- * memory; CLONE_VFORK keeps the parent thread suspended until execve or _exit. */
-struct child_args {
-  const char *path;
-  char *const *argv;
-  char *const *envp;
-  const char *dir;
-  int *fds;              /* child fd i <- fds[i] (a parent fd) */
-  int nfds;
-  int max_src_fd;
-  pid_t pgid;            /* -1: keep; 0: own group; > 0: join that group */
-  int setsid;
-  int foreground;        /* make the child's group the foreground group of the tty on fd 0 */
-  int pdeathsig;         /* 0: none */
-  pid_t parent_pid;
-  int set_uid, set_gid, set_groups;
-  uid_t uid;
-  gid_t gid;
-  gid_t *groups;
-  int ngroups;
-  int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
-  volatile int err;
-  volatile int step;
-};
+                                          "tcsetpgrp", "relay" };
 
 /* Whether clone(CLONE_VM) really shares memory. It does on Linux; emulators such as
  * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
@@ -282,14 +247,10 @@ static int memory_is_shared(void) {
   return v;
 }
 
-/* The child side. Only async-signal-safe calls; ids are set with raw syscalls so glibc
- * does not try to broadcast them to the parent's threads (which share this memory). */
-NO_ASAN static int child_main(void *arg) {
-  struct child_args *a = arg;
-  int step;
-
-  /* Every handled or ignored signal back to SIG_DFL: a handler of the parent must never
-   * run on this shared memory, and the child starts with default dispositions. */
+/* Every handled or ignored signal back to SIG_DFL: a handler of the parent must never
+ * run on this shared memory, and the child starts with default dispositions. Also run by
+ * relay mode's intermediate (relay.c). */
+NO_ASAN void tether_child_reset_signals(void) {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
@@ -305,13 +266,18 @@ NO_ASAN static int child_main(void *arg) {
       syscall(SYS_rt_sigaction, s, zero, NULL, (size_t)(NSIG / 8));
     }
   }
+}
 
+/* The child side, run by both spawn modes (relay.c runs it under its intermediate). Only
+ * async-signal-safe calls; ids are set with raw syscalls so glibc does not try to
+ * broadcast them to the parent's threads (which share this memory). */
+NO_ASAN int tether_child_main(void *arg) {
+  struct child_args *a = arg;
+  int step;
+
+  tether_child_reset_signals();
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
   if (a->pgid >= 0 && setpgid(0, a->pgid) < 0) { step = STEP_SETPGID; goto fail; }
-  if (a->pdeathsig) {
-    if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0) { step = STEP_PDEATHSIG; goto fail; }
-    if (getppid() != a->parent_pid) kill(getpid(), a->pdeathsig); /* the parent already died */
-  }
   if (a->dir && chdir(a->dir) < 0) { step = STEP_CHDIR; goto fail; }
 
   /* stdio and extra files. Pass 1 moves every source that a lower target would overwrite
@@ -353,6 +319,11 @@ NO_ASAN static int child_main(void *arg) {
   if (a->set_groups && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0) { step = STEP_SETGROUPS; goto fail; }
   if (a->set_gid && syscall(SYS_setgid, a->gid) < 0) { step = STEP_SETGID; goto fail; }
   if (a->set_uid && syscall(SYS_setuid, a->uid) < 0) { step = STEP_SETUID; goto fail; }
+  /* After the ids: changing them clears the parent-death signal. */
+  if (a->pdeathsig) {
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0) { step = STEP_PDEATHSIG; goto fail; }
+    if (getppid() != a->parent_pid) kill(getpid(), a->pdeathsig); /* the parent already died */
+  }
 
   sigset_t empty;
   sigemptyset(&empty);
@@ -367,6 +338,37 @@ fail:
     while (write(a->errpipe, report, sizeof report) < 0 && errno == EINTR) {}
   }
   _exit(127);
+}
+
+/* The relay-mode spawn: the same child_args, run by tether_child_main under relay.c's
+ * intermediate. Returns what proc_spawn returns. */
+static int spawn_relayed(lua_State *L, struct child_args *a) {
+  tproc *p = new_proc(L); /* the object exists before the child does */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int inherit_env = a->envp == NULL;
+  if (inherit_env) { tether_env_lock(); a->envp = environ; }
+  tether_relay *r = NULL;
+  int rc = tether_relay_spawn(a, &r);
+  int e = errno;
+  if (inherit_env) tether_env_unlock();
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc < 0) {
+    lua_pushnil(L);
+    if (a->err) {
+      lua_pushinteger(L, a->err);
+      lua_pushstring(L, step_names[a->step]);
+    } else {
+      lua_pushinteger(L, e);
+      lua_pushstring(L, a->step == STEP_RELAY ? "relay" : "clone");
+    }
+    return 3;
+  }
+  p->pid = tether_relay_pid(r);
+  p->owned = 1;
+  p->relay = r;
+  return 1;
 }
 
 /* A NULL-terminated char* array from the list at t[field] (strings only), in memory
@@ -478,6 +480,13 @@ static int proc_spawn(lua_State *L) {
     a.ngroups = 0;
   }
   if (a.pdeathsig) a.parent_pid = getpid();
+  /* Relay mode (relay.c): the command's parent is an intermediate no host can reap. */
+  int relay = tether_relay_wanted();
+  if (relay && !memory_is_shared()) {
+    if (relay == 2) { lua_pushnil(L); lua_pushinteger(L, ENOSYS); lua_pushliteral(L, "relay"); return 3; }
+    relay = 0; /* "auto" under an emulator (valgrind): spawn directly */
+  }
+  if (relay) return spawn_relayed(L, &a);
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
   if (!memory_is_shared()) {
@@ -508,10 +517,10 @@ static int proc_spawn(lua_State *L) {
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
   pthread_mutex_lock(&children_lock);
   int pidfd = -1;
-  pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
+  pid_t pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
   if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
     pidfd = -1;
-    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK, &a);
+    pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK, &a);
     if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
   }
   int clone_err = errno;
@@ -583,12 +592,40 @@ static void drop_pidfd(tproc *p) {
   if (p->pidfd >= 0) { close(p->pidfd); p->pidfd = -1; }
 }
 
-/* proc:try_wait() -> state table once the process has exited (reaping it with wait4),
- * false while it runs, or nil, errno (ECHILD when it is not our child or was released). */
+/* nil, EOWNERDEAD, message: the relay intermediate died before the command's status was in
+ * (its pdeathsig took the command down with it). */
+static int relay_lost(lua_State *L, tproc *p) {
+  lua_pushnil(L);
+  lua_pushinteger(L, EOWNERDEAD);
+  if (WIFSIGNALED(p->lost_status))
+    lua_pushfstring(L, "the relay process holding it was killed by %s; the command was killed with it",
+                    strsignal(WTERMSIG(p->lost_status)));
+  else
+    lua_pushliteral(L, "the relay process holding it died; the command was killed with it");
+  return 3;
+}
+
+/* proc:try_wait() -> state table once the process has exited (reaping it with wait4, or
+ * taking what relay mode's intermediate collected), false while it runs, or nil, errno
+ * (ECHILD when it is not our child or was released; EOWNERDEAD and a message when its
+ * relay intermediate died). */
 static int proc_try_wait(lua_State *L) {
   tproc *p = check_proc(L, 1);
   if (p->reaped) { push_state(L, p); return 1; }
+  if (p->lost) return relay_lost(L, p);
   if (p->released || p->pid < 0) return tether_fail(L, ECHILD);
+  if (p->relay) {
+    int st;
+    int rc = tether_relay_try_wait(p->relay, &st, &p->ru);
+    if (rc == 0) { lua_pushboolean(L, 0); return 1; }
+    tether_relay_release(p->relay); /* its intermediate is reaped: freed now */
+    p->relay = NULL;
+    if (rc < 0) { p->lost = 1; p->lost_status = st; return relay_lost(L, p); }
+    p->status = st;
+    p->reaped = 1;
+    push_state(L, p);
+    return 1;
+  }
   int st, e = 0;
   pid_t r;
   pthread_mutex_lock(&children_lock);
@@ -604,6 +641,13 @@ static int proc_try_wait(lua_State *L) {
   }
   if (rec && r != 0) { free(rec); p->rec = NULL; }
   pthread_mutex_unlock(&children_lock);
+  if (r < 0 && e == ECHILD && p->pidfd >= 0) {
+    /* A host reaped it (a thread looping waitpid(-1), SIGCHLD ignored): the kernel may
+     * keep its status on the pidfd (Linux 6.15+). The rusage is gone with it. */
+    int k = tether_pidfd_exit_status(p->pidfd, &st);
+    if (k == 0) { lua_pushboolean(L, 0); return 1; } /* being reaped: not in yet */
+    if (k > 0) { r = p->pid; memset(&p->ru, 0, sizeof p->ru); }
+  }
   if (r == 0) { lua_pushboolean(L, 0); return 1; }
   if (r < 0) return tether_fail(L, e);
   p->status = st;
@@ -618,7 +662,12 @@ static int proc_try_wait(lua_State *L) {
 static int proc_signal(lua_State *L) {
   tproc *p = check_proc(L, 1);
   int sig = (int)luaL_checkinteger(L, 2);
-  if (p->reaped || p->released || p->pid < 0) return tether_fail(L, ESRCH);
+  if (p->reaped || p->released || p->lost || p->pid < 0) return tether_fail(L, ESRCH);
+  if (p->relay) {
+    if (tether_relay_signal(p->relay, sig) < 0) return tether_fail(L, errno);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   pthread_mutex_lock(&children_lock);
   int stashed = p->rec && p->rec->stashed; /* reaped by the reaper: the pid may be reused */
   pthread_mutex_unlock(&children_lock);
@@ -633,12 +682,17 @@ static int proc_signal(lua_State *L) {
 
 /* proc:pid() -> pid; proc:pidfd() -> fd to poll for exit, or -1; proc:done() -> reaped? */
 static int proc_pid(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pid); return 1; }
-static int proc_pidfd(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pidfd); return 1; }
+static int proc_pidfd(lua_State *L) {
+  tproc *p = check_proc(L, 1);
+  lua_pushinteger(L, p->relay ? tether_relay_pollfd(p->relay) : p->pidfd);
+  return 1;
+}
 
 /* proc:release(): gives up the process; if it still runs it is reaped in the background
  * at a later tether call. Also __gc. */
 static int proc_release(lua_State *L) {
   tproc *p = check_proc(L, 1);
+  if (p->relay) { tether_relay_release(p->relay); p->relay = NULL; }
   struct child_rec *rec = p->rec;
   if (rec) {
     pthread_mutex_lock(&children_lock);

@@ -12,6 +12,7 @@ void tether_open_sys(lua_State *L);
 void tether_open_fd(lua_State *L);
 void tether_open_buffer(lua_State *L);
 void tether_open_process(lua_State *L);
+void tether_open_relay(lua_State *L);
 void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
 void tether_open_systemd(lua_State *L);

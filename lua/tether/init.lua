@@ -179,6 +179,29 @@ function tether.set_waiter(fn, on_close)
   core.guard_children(fn ~= nil and fn == tether.waiters.ngx, true)
 end
 
+--- set_spawn_mode(mode) -> previous mode. mode "auto" (the default),
+-- "direct" or "relay" (raises on anything else). In relay mode each command
+-- runs under a small intermediate that tether owns and that a host's
+-- waitpid(-1) cannot see; it collects the command's status and rusage.
+-- "auto" relays when SIGCHLD is ignored or has SA_NOCLDWAIT at spawn time,
+-- and inside nginx (tether.in_nginx()). Process-wide.
+function tether.set_spawn_mode(mode)
+  if type(mode) ~= "string" then
+    error("bad argument #1 to 'set_spawn_mode' (\"auto\", \"direct\" or \"relay\" expected, got " .. type(mode) .. ")", 2)
+  end
+  if mode ~= "auto" and mode ~= "direct" and mode ~= "relay" then
+    error("bad argument #1 to 'set_spawn_mode' (\"auto\", \"direct\" or \"relay\" expected, got \"" .. mode .. "\")", 2)
+  end
+  return core.set_spawn_mode(mode)
+end
+
+--- spawn_mode() -> "auto" | "direct" | "relay": the mode set_spawn_mode set.
+function tether.spawn_mode() return core.spawn_mode() end
+
+--- in_nginx() -> true when tether runs inside nginx (lua-nginx-module or
+-- OpenResty): there "auto" spawns through the relay.
+function tether.in_nginx() return require("tether.host").in_nginx() end
+
 --- guard_children(on) -> previous setting. With the guard on, SIGCHLD stays
 -- blocked in this thread (the host's event-loop thread) until the guard is
 -- turned off, so a host whose SIGCHLD handler reaps with waitpid(-1) (nginx
