@@ -416,7 +416,6 @@ static int proc_spawn(lua_State *L) {
   struct child_args a;
   memset(&a, 0, sizeof a);
   tether_reap_orphans();
-  guard_refresh(); /* issue 12: the child guard wanted in this thread is in force */
 
   lua_getfield(L, 1, "path");
   size_t plen;
@@ -487,6 +486,7 @@ static int proc_spawn(lua_State *L) {
     relay = 0; /* "auto" under an emulator (valgrind): spawn directly */
   }
   if (relay) return spawn_relayed(L, &a);
+  guard_refresh(); /* issue 12: a direct spawn has the guard wanted in this thread in force */
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
   if (!memory_is_shared()) {

@@ -21,6 +21,8 @@ M.thread_pool = "tether"
 -- How long one wait in a pool thread may block (seconds): a wait left by a dropped request
 -- frees its pool thread at least this often.
 local SLICE = 1.0
+-- How long a pool thread waits for a command's exit once its output is ready (seconds).
+local LINGER = 0.002
 -- How often the sweeper looks for dropped requests while commands run (seconds).
 local SWEEP = 0.05
 
@@ -31,10 +33,19 @@ local request_phases = { rewrite = true, access = true, content = true }
 
 --- poll_many(list, deadline) -> index | false: runs in a pool thread's Lua VM
 -- (ngx.run_worker_thread); waits for the first ready pair of list, at most SLICE.
+-- A command's output usually comes just before its exit: when another pair is ready
+-- first and pair 1 is a pidfd (a command's wait puts them first), this thread waits up
+-- to LINGER for the exit too, so that one round trip to the event loop sees both.
 function M.poll_many(list, deadline)
   local d = core.now() + SLICE
   if deadline and deadline < d then d = deadline end
-  return core.poll_many(list, d)
+  local i = core.poll_many(list, d)
+  if i and i > 1 and core.is_pidfd(list[1]) then
+    local l = core.now() + LINGER
+    if deadline and deadline < l then l = deadline end
+    if core.poll(list[1], "r", l) == true then return 1 end
+  end
+  return i
 end
 
 -- The backoff fallback: checks the fds, sleeps 1 ms, 2 ms ... 50 ms between checks.
