@@ -282,6 +282,17 @@ http {
       }
     }
 
+    # GET /leave?how=exit|error: starts `sleep 5` and leaves the request without waiting.
+    location = /leave {
+      content_by_lua_block {
+        local cmd = require("tether.exec").command("sleep", "5")
+        local out = assert(cmd:stdout_pipe())
+        assert(cmd:start())
+        if ngx.var.arg_how == "exit" then ngx.exit(204) end
+        error("handler failed with " .. tostring(out) .. " open")
+      }
+    }
+
     location = /sleeps { content_by_lua_block { ngx.say("sleeps=", SLEEPS or 0) } }
 
     location = /reaper {
@@ -416,6 +427,27 @@ describe("tether in an nginx worker (issue 12)", function()
     -- On a loaded machine a few curls give up before nginx passes them to the handler.
     local ran = tonumber(capture("curl -sS " .. q(url .. "/sleeps")):match("sleeps=(%d+)"))
     assert.is_true(ran ~= nil and ran >= 30, "only " .. tostring(ran) .. " of 40 requests ran `sleep 2`")
+  end)
+
+  it("kills and reaps the commands of a request that ngx.exit or an error ends", function()
+    local fds_before = fd_count(worker)
+    local body = curl_many("/leave?how=exit&i=", 5, "-o /dev/null -w '%{http_code}\\n'")
+    local function count(b, code)
+      local n = 0
+      for line in b:gmatch("[^\n]+") do if line == code then n = n + 1 end end
+      return n
+    end
+    assert.are.equal(5, count(body, "204"), body)
+    body = curl_many("/leave?how=error&i=", 5, "-o /dev/null -w '%{http_code}\\n'")
+    assert.are.equal(5, count(body, "500"), body)
+    local left
+    for _ = 1, 30 do -- `sleep 5` would run for 5 s: allow 3
+      left = children(worker)
+      if left == "" then break end
+      sleep(0.1)
+    end
+    assert.are.equal("", left, "the worker still has children")
+    assert.is_true(math.abs(fd_count(worker) - fds_before) <= 3)
   end)
 
   it("leaves the worker's SigCgt as it was and logs no alert", function()
