@@ -260,24 +260,38 @@ http {
   server {
     listen 127.0.0.1:@PORT@;
 
-    # GET /cmd?n=N[&mode=direct]: `sh -c 'echo out-N'` through tether (no set_waiter here).
+    # GET /cmd?n=N[&loop=1]: `sh -c 'echo out-N'` through tether (no set_waiter here);
+    # loop=1 keeps the command in the request (a Lua sink) instead of the thread pool.
     location = /cmd {
       content_by_lua_block {
-        local tether = require "tether"
         local exec = require "tether.exec"
         local n = ngx.var.arg_n or "0"
-        local prev = ngx.var.arg_mode and tether.set_spawn_mode(ngx.var.arg_mode)
-        local out, err = exec.command("sh", "-c", "echo out-" .. n):output()
-        if prev then tether.set_spawn_mode(prev) end
+        local cmd = exec.command("sh", "-c", "echo out-" .. n)
+        local out, err
+        if ngx.var.arg_loop then
+          local got = {}
+          cmd.stdout = function(s) got[#got + 1] = s end
+          local ok
+          ok, err = cmd:run()
+          out = ok and table.concat(got)
+        else
+          out, err = cmd:output()
+        end
         ngx.say(out and out:gsub("\n$", "") or ("failed " .. n .. ": " .. tostring(err)))
       }
     }
 
-    # GET /sleep: `sleep 2`, meant to be aborted by the client.
+    # GET /mode?m=auto|direct: the worker's spawn mode.
+    location = /mode {
+      content_by_lua_block { ngx.say(require("tether").set_spawn_mode(ngx.var.arg_m)) }
+    }
+
+    # GET /sleep?s=2: `sleep 2`, meant to be aborted by the client.
     location = /sleep {
       content_by_lua_block {
-        SLEEPS = (SLEEPS or 0) + 1
-        local ok, err = require("tether.exec").command("sleep", "2"):run()
+        local s = ngx.var.arg_s or "2"
+        if s == "2" then SLEEPS = (SLEEPS or 0) + 1 end
+        local ok, err = require("tether.exec").command("sleep", s):run()
         ngx.say(ok and "slept" or tostring(err))
       }
     }
@@ -397,10 +411,19 @@ describe("tether in an nginx worker (issue 12)", function()
     check_bodies(curl_many("/cmd?n=", 200), 200, "auto mode")
   end)
 
+  it("runs 200 commands in the request (not the thread pool)", function()
+    check_bodies(curl_many("/cmd?loop=1&n=", 200), 200, "in the request")
+  end)
+
   it("runs 200 commands spawned directly, guarded from the worker's SIGCHLD handler", function()
     -- Debian's nginx reaps with waitpid(-1) in its SIGCHLD handler: the guard armed in
     -- init_by_lua (the master) must be in force in the forked worker.
-    check_bodies(curl_many("/cmd?mode=direct&n=", 200), 200, "direct mode")
+    assert.are.equal("auto\n", capture("curl -sS " .. q(url .. "/mode?m=direct")))
+    local a = curl_many("/cmd?n=", 100)
+    local b = curl_many("/cmd?loop=1&n=", 100)
+    assert.are.equal("direct\n", capture("curl -sS " .. q(url .. "/mode?m=auto")))
+    check_bodies(a, 100, "direct mode, thread pool")
+    check_bodies(b, 100, "direct mode, in the request")
   end)
 
   it("runs 200 commands while a timer reaps with waitpid(-1) every millisecond", function()
@@ -412,12 +435,17 @@ describe("tether in an nginx worker (issue 12)", function()
   end)
 
   it("leaves no zombie and no fd behind 40 requests aborted by their clients", function()
-    check_bodies(curl_many("/cmd?n=", 8), 8, "warm-up")
+    -- Warm-up at the same concurrency: nginx keeps a Lua VM per concurrent thread-pool
+    -- task (and tether one /dev/null fd in each).
+    local function forty(path, extra)
+      assert(sh("timeout 20 sh -c " .. q("for i in $(seq 40); do curl -s " .. extra .. " -o /dev/null "
+        .. q(url .. path) .. " & done; wait")), "the curls timed out")
+    end
+    forty("/sleep?s=0.5", "-m 5")
     local fds_before = fd_count(worker)
     -- 40 requests on `sleep 2`, each dropped by curl after 0.2 s (curl exits 28).
     -- (one curl each: curl -Z with -m fails most transfers before they connect)
-    assert(sh("timeout 20 sh -c " .. q("for i in $(seq 40); do curl -s -m 0.2 -o /dev/null "
-      .. q(url .. "/sleep") .. " & done; wait")), "the curls timed out")
+    forty("/sleep", "-m 0.2")
     sleep(4)
     assert.are.equal(0, zombies(worker), "zombies of the worker: " .. children(worker))
     assert.are.equal("", children(worker), "the worker still has children")

@@ -1,5 +1,5 @@
-/* fdkind.c - what kind of file an fd is, where tether must know (tether.core.is_pidfd).
- * tether.ngx's pool-thread wait uses it to tell a process's pidfd in a wait list. */
+/* fdkind.c - what kind of file an fd is, where tether must know (tether.core.is_pidfd), and
+ * closing a bare fd no object owns (close_int). tether.ngx's pool-thread side uses both. */
 #include "tether.h"
 
 #include <stdio.h>
@@ -19,7 +19,16 @@ static int fk_is_pidfd(lua_State *L) {
   return 1;
 }
 
+/* close_int(fd): closes an integer fd that no tether object owns (fd:release()). */
+static int fk_close_int(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  if (fd >= 0) close(fd);
+  return 0;
+}
+
 void tether_open_fdkind(lua_State *L) {
   lua_pushcfunction(L, fk_is_pidfd);
   lua_setfield(L, -2, "is_pidfd");
+  lua_pushcfunction(L, fk_close_int);
+  lua_setfield(L, -2, "close_int");
 }

@@ -863,8 +863,29 @@ function Cmd:wait(limit)
   return finish(self)
 end
 
+-- tether.ngx (issue 12) may run a whole run/output/combined_output in nginx's thread pool:
+-- exec._offload(cmd, how) returns its result table, or nil (then it runs here). This turns
+-- that table back into what the call returns, as if it had run here.
+local function offloaded(self, res)
+  self._started, self._waited = true, true
+  self.process_state = new_state(res.state)
+  self.truncated = res.truncated
+  if res.ok then return res.out or true end
+  local err = exit_error(self.process_state)
+  err.stderr = res.stderr
+  return nil, err, res.out
+end
+
+local function run_or_offload(self, how, fn, arg)
+  local res = exec._offload and exec._offload(self, how)
+  if res then return offloaded(self, res) end
+  return fn(self, arg)
+end
+
 --- cmd:run() -> true | nil, err: start then wait.
 function Cmd:run()
+  local res = exec._offload and exec._offload(self, "run")
+  if res then return offloaded(self, res) end
   local ok, err = self:start()
   if not ok then return nil, err end
   return self:wait()
@@ -899,10 +920,10 @@ end
 -- cmd.stderr is nil, a failing command's ExitError carries err.stderr (the last
 -- first and last 16 KiB kept). cmd.max_output bounds what is kept (head and tail halves) and
 -- sets cmd.truncated.
-function Cmd:output() return capture(self, false) end
+function Cmd:output() return run_or_offload(self, "output", capture, false) end
 
 --- cmd:combined_output() -> stdout and stderr interleaved, as one string | nil, err [, output].
-function Cmd:combined_output() return capture(self, true) end
+function Cmd:combined_output() return run_or_offload(self, "combined_output", capture, true) end
 
 local function make_pipe(self, which)
   local go_name = which:gsub("^%l", string.upper) -- Go's names in the messages

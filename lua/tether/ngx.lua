@@ -88,6 +88,108 @@ function M.wait(fd, events, timeout)
 end
 
 ---------------------------------------------------------------------------
+-- Whole commands in the thread pool
+
+-- The Cmd fields a command may have to run in a pool thread: plain values that copy
+-- across Lua VMs and mean the same there. Anything else (sinks, pipes, contexts, extra
+-- files, cancel, wait_delay, hooks) keeps the command in the request.
+local PLAIN = { path = "string", args = "table", env = "table", dir = "string", stdin = "string",
+  setpgid = "boolean", setsid = "boolean", pdeathsig = "string", uid = "number", gid = "number",
+  groups = "table", max_output = "number" }
+local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
+local offload_phases = { rewrite = true, access = true, content = true, timer = true }
+
+local function plain_list(t)
+  for k, v in pairs(t) do
+    if type(k) ~= "number" and type(k) ~= "string" then return false end
+    if type(v) ~= "string" and type(v) ~= "number" then return false end
+  end
+  return true
+end
+
+local track_fd -- defined below: ties an fd to the request (closed when it is dropped)
+
+--- offload(cmd, how) -> result table | nil: runs cmd:run(), output() or combined_output()
+-- (how) in a thread of the pool, when cmd is made of plain values only; nil otherwise.
+function M.offload(cmd, how)
+  local pool = M.thread_pool
+  if not pool or pool_missing or not M.offload_commands or cmd._started or cmd.err then return nil end
+  if not require("tether.wait").waiter_many or not offload_phases[ngx.get_phase()] then return nil end
+  local spec = {}
+  for k, v in pairs(cmd) do
+    local want = PLAIN[k]
+    if k == "pdeathsig" and type(v) == "number" then want = "number" end
+    if type(v) ~= want then return nil end
+    if want == "table" and not plain_list(v) then return nil end
+    spec[k] = v
+  end
+  -- The abort pipe: when the request is dropped, its write end is closed and the pool
+  -- thread cancels the command (SIGKILL) and reaps it.
+  local r, w = core.pipe()
+  if not r then return nil end
+  -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
+  -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
+  if core.spawn_mode() == "direct" then core.guard_children(true) end
+  -- The read end belongs to the task from here on: it closes it when done, even if this
+  -- request is long gone by then (a task nginx has queued always runs).
+  local rfd = r:release()
+  local tracked = track_fd(w)
+  local ok, res = ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
+  if tracked then tracked.fds[w] = nil end
+  w:close()
+  if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
+    core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
+  end
+  if not ok then
+    if type(res) == "string" and res:find("no thread pool", 1, true) then
+      pool_missing = true
+      return nil
+    end
+    error("tether: ngx.run_worker_thread failed: " .. tostring(res), 0)
+  end
+  if res == false then return nil end -- it did not start: run here, for the exact error
+  return res
+end
+
+--- run_plain(spec, how, abort_fd) -> result | false: the pool-thread side of offload.
+function M.run_plain(spec, how, abort_fd)
+  local okr, tether = pcall(require, "tether")
+  if not okr then core.close_int(abort_fd); error(TASK_ERR .. tostring(tether), 0) end
+  local exec = require "tether.exec"
+  local cmd = exec.command("tether")
+  for k, v in pairs(spec) do cmd[k] = v end
+  cmd.err = nil
+  -- While the command runs, the request's abort pipe is watched too: once the request is
+  -- dropped, the command is killed (its group with setpgid), as a cancelled context does.
+  local list, killed = { -1, "r", abort_fd, "r" }, false
+  tether.set_waiter(function(fd, events, timeout)
+    list[1], list[2] = fd, events
+    local i = core.poll_many(list, timeout and core.now() + timeout)
+    if i == 2 and not killed and cmd.process then
+      killed = true
+      if cmd.setpgid == true then cmd.process:signal_group("SIGKILL") end
+      cmd.process:kill()
+    end
+    if killed then list[3] = -1 end -- seen: poll the command's fds alone from now on
+  end)
+  local ok, a, b, c = pcall(cmd[how], cmd)
+  tether.set_waiter(nil)
+  core.close_int(abort_fd)
+  if not ok then error(TASK_ERR .. tostring(a), 0) end
+  local state = cmd.process_state
+  if not state then return false end -- start failed
+  local res = { state = state._s, truncated = cmd.truncated }
+  if how == "run" then res.ok = a == true
+  elseif a then res.ok, res.out = true, a
+  else res.out = c end
+  if not res.ok and b then res.stderr = b.stderr end
+  return res
+end
+
+--- Whether run/output/combined_output of plain commands go to the thread pool.
+M.offload_commands = true
+
+---------------------------------------------------------------------------
 -- Requests' commands
 
 local ffi, get_request, C
@@ -149,6 +251,9 @@ local function sweep(premature)
     if s.flag:is_set() then
       scopes[key] = nil
       for cmd in pairs(s.cmds) do left[#left + 1] = cmd end
+      -- Abort pipes: closing the write end wakes the pool thread, which kills the command.
+      for fd in pairs(s.fds) do fd:close() end
+      s.fds = {}
     end
   end
   if premature then -- the worker is exiting: no waiting, kill what is left
@@ -173,18 +278,16 @@ schedule = function()
   sweeping = ok and true or false
 end
 
---- track(cmd): called by Cmd:start. In a request phase, ties cmd to the request.
-function M.track(cmd)
-  if not request_phases[ngx.get_phase()] or not setup() then return end
+-- scope() -> the current request's record (made on first use), or nil outside a request.
+local function scope()
+  if not request_phases[ngx.get_phase()] or not setup() then return nil end
   local r = get_request()
   if not r then return end
   local key = tonumber(ffi.cast("uintptr_t", r))
   local s = scopes[key]
   if s and s.flag:is_set() then -- a freed request's address, reused: that one is gone
-    local old = {}
-    for c in pairs(s.cmds) do old[#old + 1] = c end
     scopes[key] = nil
-    if #old > 0 then
+    if next(s.cmds) or next(s.fds) then
       scopes[{}] = s -- kept for the sweeper under a key of its own
     end
     s = nil
@@ -196,12 +299,27 @@ function M.track(cmd)
     cln = ffi.cast("tether_ngx_cleanup_t *", cln)
     local fn, data = flag:arm()
     cln.handler, cln.data = fn, data
-    s = { flag = flag, cmds = {} }
+    s = { flag = flag, cmds = {}, fds = {} }
     scopes[key] = s
   end
+  schedule()
+  return s
+end
+
+--- track(cmd): called by Cmd:start. In a request phase, ties cmd to the request.
+function M.track(cmd)
+  local s = scope()
+  if not s then return end
   s.cmds[cmd] = true
   cmd._ngx_scope = s
-  schedule()
+end
+
+-- track_fd(w) -> the request's record: if the request is dropped, the abort pipe's write
+-- end w is closed.
+track_fd = function(w)
+  local s = scope()
+  if s then s.fds[w] = true end
+  return s
 end
 
 --- untrack(cmd): called when cmd's wait is done.
@@ -215,7 +333,7 @@ end
 
 --- install(exec): hooks track/untrack into tether.exec (inside nginx only).
 function M.install(exec)
-  exec._on_start, exec._on_finish = M.track, M.untrack
+  exec._on_start, exec._on_finish, exec._offload = M.track, M.untrack, M.offload
 end
 
 return M
