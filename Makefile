@@ -38,6 +38,7 @@ export TETHER_LUA := $(LUA_BIN)
 export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
 export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
 export TETHER_SEMTHREAD := $(CURDIR)/$(BUILD)/spec/semthread.so
+export TETHER_REAPHOST := $(CURDIR)/$(BUILD)/spec/reaphost.so
 
 .PHONY: all deps test test-all demo clean install
 
@@ -83,14 +84,21 @@ $(BUILD)/spec/hosthandler.so: spec/helpers/hosthandler.c | deps
 	$(CC) -O2 -Wall -fPIC -shared $(LUA_CFLAGS) -o $@ $<
 
 # A spec helper: runs Lua code in another lua_State on another thread with a semaphore shared
-# through tether_sem_push (spec/helpers/semthread.c, built with src/sync.c).
-$(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c $(HDRS) | deps
+# through tether_sem_push (spec/helpers/semthread.c, built with src/sync.c and src/util.c).
+$(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c src/util.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
-	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c src/util.c
+
+# A spec helper: a Lua C module standing for a host that reaps every child (a thread looping
+# waitpid(-1, WNOHANG); SIGCHLD ignored) (spec/helpers/reaphost.c).
+$(BUILD)/spec/reaphost.so: spec/helpers/reaphost.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ $<
 
 # SPECS=spec/exec_spec.lua runs one spec file (or several) instead of the whole suite.
 SPECS ?= spec
-SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so \
+  $(BUILD)/spec/reaphost.so
 
 test: $(CORE) $(SPEC_HELPERS)
 	@mkdir -p $(BUILD)
@@ -154,11 +162,13 @@ clean:
 # fail the target, and so do leaks with a frame in tether (a Lua child passes LD_PRELOAD on to
 # the programs it runs, such as sort, whose own leaks are only shown); warnings do not fail.
 ASAN_BUILD   := build/$(LUA)-asan
+ASAN_SPECS   ?= spec
 ASAN_FLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
   TETHER_SIGEXEC=$(CURDIR)/$(ASAN_BUILD)/sigexec \
   TETHER_HOSTHANDLER=$(CURDIR)/$(ASAN_BUILD)/spec/hosthandler.so \
   TETHER_SEMTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/semthread.so \
+  TETHER_REAPHOST=$(CURDIR)/$(ASAN_BUILD)/spec/reaphost.so \
   TETHER_LUA=$(CURDIR)/spec/helpers/asan-lua TETHER_ASAN_LUA=$(LUA_BIN) \
   TETHER_ASAN_LIB=$$(gcc -print-file-name=libasan.so) \
   ASAN_OPTIONS=detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:log_path=$(CURDIR)/$(ASAN_BUILD)/report \
@@ -169,9 +179,9 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
 check-asan:
 	@CFLAGS="-O1 -g $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)" $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so \
-	  $(ASAN_BUILD)/spec/semthread.so
+	  $(ASAN_BUILD)/spec/semthread.so $(ASAN_BUILD)/spec/reaphost.so
 	@rm -f $(ASAN_BUILD)/report.*
-	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP spec \
+	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP $(ASAN_SPECS) \
 	    > $(ASAN_BUILD)/test.tap 2>$(ASAN_BUILD)/test.err; rc=$$?; \
 	  cat $(ASAN_BUILD)/test.tap; cat $(ASAN_BUILD)/test.err >&2; \
 	  for f in $(ASAN_BUILD)/report.*; do [ -f "$$f" ] || continue; echo "== sanitizer report $$f:"; cat "$$f"; \
@@ -192,7 +202,7 @@ VG_JOBS  ?= $(shell nproc)
 VALGRIND ?= valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
   --child-silent-after-fork=yes --trace-children=no --suppressions=spec/helpers/valgrind.supp
 
-check-valgrind: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+check-valgrind: $(CORE) $(SPEC_HELPERS)
 	@rm -rf $(VG_DIR); mkdir -p $(VG_DIR)
 	@TETHER_VALGRIND=1 VG_SPECS="$(VG_SPECS)" timeout -s KILL 3600 \
 	  sh scripts/valgrind-shards.sh $(VG_JOBS) $(VG_DIR) $(LUA_BIN) $(VALGRIND)

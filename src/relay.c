@@ -328,7 +328,7 @@ int tether_pidfd_exit_status(int pidfd, int *status) {
   return (info.mask & T_PIDFD_INFO_PID) && info.pid != 0 ? 0 : -1;
 }
 
-NO_ASAN static int probe_main(void *arg) {
+NO_ASAN static int status_probe_main(void *arg) {
   (void)arg;
   syscall(SYS_exit, 7);
   return 0;
@@ -343,7 +343,7 @@ static int relay_pidfd_keeps_status(lua_State *L) {
     static char stack[4096] __attribute__((aligned(64)));
     int pidfd = -1, st = 0;
     v = 0;
-    pid_t pid = clone(probe_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, NULL, &pidfd);
+    pid_t pid = clone(status_probe_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, NULL, &pidfd);
     if (pid > 0) {
       while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {}
       v = pidfd >= 0 && tether_pidfd_exit_status(pidfd, &st) == 1 && WIFEXITED(st) && WEXITSTATUS(st) == 7;

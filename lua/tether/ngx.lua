@@ -225,8 +225,9 @@ end
 -- setpgid), then waits; wait_delay bounds the wait before SIGKILL, as with a context.
 local function drop(cmd)
   if cmd._waited or not cmd.process then return end
-  if not cmd._canceled and not cmd.process_state then
-    cmd._canceled = true
+  local run = cmd._run or {}
+  if not run.canceled and not run.state then
+    run.canceled = true -- (engine.lua's run record: its context cancel is not run again)
     local cancel = cmd.cancel or function(c)
       if c.setpgid == true then return c.process:signal_group("SIGKILL") end
       return c.process:kill()
@@ -331,9 +332,11 @@ function M.untrack(cmd)
   end
 end
 
---- install(exec): hooks track/untrack into tether.exec (inside nginx only).
+--- install(exec): hooks track, untrack and offload into tether.exec and tether.engine
+-- (inside nginx only).
 function M.install(exec)
-  exec._on_start, exec._on_finish, exec._offload = M.track, M.untrack, M.offload
+  exec._on_start, exec._offload = M.track, M.offload
+  require("tether.engine").on_finish = M.untrack
 end
 
 return M
