@@ -281,6 +281,36 @@ http {
       }
     }
 
+    # GET /same: the same commands run whole in the pool and in the request (a field that
+    # is not plain, wait_delay, keeps it there); what the calls return must not differ.
+    location = /same {
+      content_by_lua_block {
+        local exec = require "tether.exec"
+        local function describe(how, in_request, ...)
+          local cmd = exec.command(...)
+          if in_request then cmd.wait_delay = 30 end
+          local a, err, partial = cmd[how](cmd)
+          local st = cmd.process_state
+          return table.concat({ tostring(a), tostring(err), tostring(err and err.exit_code),
+            tostring(err and err.signal), tostring(err and err.stderr), tostring(partial),
+            tostring(st:exit_code()), tostring(st:success()), tostring(st:signaled()),
+            tostring(st:signal()), type(st:pid()), tostring(cmd.truncated) }, "|")
+        end
+        local cases = {
+          { "output", "sh", "-c", "echo out; echo err >&2; exit 3" },
+          { "output", "sh", "-c", "printf 'a\nb'" },
+          { "combined_output", "sh", "-c", "echo out; echo err >&2" },
+          { "run", "sh", "-c", "exit 7" },
+          { "run", "sh", "-c", "kill -TERM $$" },
+        }
+        for i, c in ipairs(cases) do
+          local pool = describe(c[1], false, unpack(c, 2))
+          local here = describe(c[1], true, unpack(c, 2))
+          ngx.say(i, pool == here and " same " or " DIFFERENT ", pool, pool == here and "" or (" vs " .. here))
+        end
+      }
+    }
+
     # GET /mode?m=auto|direct: the worker's spawn mode.
     location = /mode {
       content_by_lua_block { ngx.say(require("tether").set_spawn_mode(ngx.var.arg_m)) }
@@ -409,6 +439,12 @@ describe("tether in an nginx worker (issue 12)", function()
     assert.is_falsy((readfile("/proc/" .. worker .. "/environ") or ""):match("%f[^%z]PATH="),
       "the worker has PATH")
     check_bodies(curl_many("/cmd?n=", 200), 200, "auto mode")
+  end)
+
+  it("returns the same from a command run whole in the pool as from one run in the request", function()
+    local body = capture("curl -sS " .. q(url .. "/same"))
+    local same = select(2, body:gsub(" same ", ""))
+    assert.are.equal(5, same, body)
   end)
 
   it("runs 200 commands in the request (not the thread pool)", function()

@@ -109,6 +109,14 @@ end
 
 local track_fd -- defined below: ties an fd to the request (closed when it is dropped)
 
+-- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
+local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
+                             utime, stime, maxrss)
+  return { ok = ok_, out = out, stderr = stderr, truncated = truncated, state = {
+    pid = pid, status = status, exited = exited, code = code, signal = signal,
+    core_dumped = core_dumped, utime = utime, stime = stime, maxrss = maxrss } }
+end
+
 --- offload(cmd, how) -> result table | nil: runs cmd:run(), output() or combined_output()
 -- (how) in a thread of the pool, when cmd is made of plain values only; nil otherwise.
 function M.offload(cmd, how)
@@ -134,7 +142,8 @@ function M.offload(cmd, how)
   -- request is long gone by then (a task nginx has queued always runs).
   local rfd = r:release()
   local tracked = track_fd(w)
-  local ok, res = ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
+  local ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime, maxrss =
+    ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
   if tracked then tracked.fds[w] = nil end
   w:close()
   if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
@@ -147,8 +156,9 @@ function M.offload(cmd, how)
     end
     error("tether: ngx.run_worker_thread failed: " .. tostring(res), 0)
   end
-  if res == false then return nil end -- it did not start: run here, for the exact error
-  return res
+  if pid == nil then return nil end -- it did not start: run here, for the exact error
+  return unpack_result(res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
+    utime, stime, maxrss)
 end
 
 --- run_plain(spec, how, abort_fd) -> result | false: the pool-thread side of offload.
@@ -177,13 +187,14 @@ function M.run_plain(spec, how, abort_fd)
   core.close_int(abort_fd)
   if not ok then error(TASK_ERR .. tostring(a), 0) end
   local state = cmd.process_state
-  if not state then return false end -- start failed
-  local res = { state = state._s, truncated = cmd.truncated }
-  if how == "run" then res.ok = a == true
-  elseif a then res.ok, res.out = true, a
-  else res.out = c end
-  if not res.ok and b then res.stderr = b.stderr end
-  return res
+  if not state then return false end -- start failed (no pid: see offload)
+  -- Scalars only (cheaper for nginx to copy back than tables): see unpack_result.
+  local st, ok_, out = state._s, false, nil
+  if how == "run" then ok_ = a == true
+  elseif a then ok_, out = true, a
+  else out = c end
+  return ok_, out, not ok_ and b and b.stderr or nil, cmd.truncated,
+    st.pid, st.status, st.exited, st.code, st.signal, st.core_dumped, st.utime, st.stime, st.maxrss
 end
 
 --- Whether run/output/combined_output of plain commands go to the thread pool.
