@@ -311,6 +311,22 @@ http {
       }
     }
 
+    # GET /nopool: with a thread pool nginx does not have, commands run in the request and
+    # waits poll with a backoff; afterwards the pool "tether" is used again.
+    location = /nopool {
+      content_by_lua_block {
+        local tether = require "tether"
+        local exec = require "tether.exec"
+        local prev = tether.ngx_thread_pool("no-such-pool")
+        local a = exec.command("sh", "-c", "sleep 0.05; echo a"):output()
+        local c = exec.command("sh", "-c", "echo b")
+        c.wait_delay = 5
+        local b = c:output()
+        tether.ngx_thread_pool(prev)
+        ngx.print(tostring(a), tostring(b), exec.command("sh", "-c", "echo c"):output())
+      }
+    }
+
     # GET /mode?m=auto|direct: the worker's spawn mode.
     location = /mode {
       content_by_lua_block { ngx.say(require("tether").set_spawn_mode(ngx.var.arg_m)) }
@@ -445,6 +461,10 @@ describe("tether in an nginx worker (issue 12)", function()
     local body = capture("curl -sS " .. q(url .. "/same"))
     local same = select(2, body:gsub(" same ", ""))
     assert.are.equal(5, same, body)
+  end)
+
+  it("runs commands without the thread pool it is told to use, and with it again after", function()
+    assert.are.equal("a\nb\nc\n", capture("curl -sS " .. q(url .. "/nopool")))
   end)
 
   it("runs 200 commands in the request (not the thread pool)", function()

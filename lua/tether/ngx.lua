@@ -26,7 +26,7 @@ local LINGER = 0.002
 -- How often the sweeper looks for dropped requests while commands run (seconds).
 local SWEEP = 0.05
 
-local pool_missing = false -- run_worker_thread said this worker has no such pool
+local missing = {} -- pool name -> true: run_worker_thread said this worker has no such pool
 local yield_phases = { rewrite = true, access = true, content = true, timer = true,
   ssl_cert = true, ssl_session_fetch = true }
 local request_phases = { rewrite = true, access = true, content = true }
@@ -48,6 +48,12 @@ function M.poll_many(list, deadline)
   return i
 end
 
+-- no_pool(err) -> whether run_worker_thread failed because nginx has no such thread pool
+-- (lua-nginx-module says "thread pool NAME not found").
+local function no_pool(err)
+  return type(err) == "string" and err:find("thread pool", 1, true) ~= nil and err:find("not found", 1, true) ~= nil
+end
+
 -- The backoff fallback: checks the fds, sleeps 1 ms, 2 ms ... 50 ms between checks.
 local function backoff_wait(list, deadline)
   local sleep, backoff = ngx.sleep, 0.001
@@ -65,15 +71,13 @@ end
 -- (absolute, tether.now) deadline, yielding the request meanwhile. May return early.
 function M.wait_many(list, deadline)
   local pool = M.thread_pool
-  if pool and not pool_missing and yield_phases[ngx.get_phase()] then
+  if pool and not missing[pool] and yield_phases[ngx.get_phase()] then
     local ok, res = ngx.run_worker_thread(pool, "tether.ngx", "poll_many", list, deadline)
     if ok then return end
-    if type(res) == "string" and res:find("no thread pool", 1, true) then
-      pool_missing = true
-      ngx.log(ngx.NOTICE, "tether: no thread_pool \"", pool, "\": waits poll with a backoff")
-    else
-      error("tether: ngx.run_worker_thread failed: " .. tostring(res), 0)
-    end
+    -- Not run (no such pool, no Lua VM free, the queue full...): this wait polls instead.
+    if no_pool(res) then missing[pool] = true end
+    ngx.log(ngx.NOTICE, "tether: ngx.run_worker_thread(\"", pool, "\") failed (", tostring(res),
+      "): waits poll with a backoff")
   end
   backoff_wait(list, deadline)
 end
@@ -121,7 +125,7 @@ end
 -- (how) in a thread of the pool, when cmd is made of plain values only; nil otherwise.
 function M.offload(cmd, how)
   local pool = M.thread_pool
-  if not pool or pool_missing or not M.offload_commands or cmd._started or cmd.err then return nil end
+  if not pool or missing[pool] or not M.offload_commands or cmd._started or cmd.err then return nil end
   if not require("tether.wait").waiter_many or not offload_phases[ngx.get_phase()] then return nil end
   local spec = {}
   for k, v in pairs(cmd) do
@@ -150,11 +154,11 @@ function M.offload(cmd, how)
     core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
   end
   if not ok then
-    if type(res) == "string" and res:find("no thread pool", 1, true) then
-      pool_missing = true
-      return nil
+    if type(res) == "string" and res:find(TASK_ERR, 1, true) then
+      error("tether: " .. res, 0) -- the command's run raised in the pool thread
     end
-    error("tether: ngx.run_worker_thread failed: " .. tostring(res), 0)
+    if no_pool(res) then missing[pool] = true end
+    return nil -- not run in the pool: it runs in the request
   end
   if pid == nil then return nil end -- it did not start: run here, for the exact error
   return unpack_result(res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
