@@ -162,6 +162,7 @@ clean:
 # fail the target, and so do leaks with a frame in tether (a Lua child passes LD_PRELOAD on to
 # the programs it runs, such as sort, whose own leaks are only shown); warnings do not fail.
 ASAN_BUILD   := build/$(LUA)-asan
+# ASAN_SPECS="spec/a_spec.lua ..." runs some spec files only (default: all of spec/).
 ASAN_SPECS   ?= spec
 ASAN_FLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
