@@ -1,6 +1,11 @@
 --- tether.ngx (internal): tether at home in nginx's Lua module (lua-nginx-module, OpenResty).
 --
--- Owns two things (issue 12):
+-- Owns three things (issue 12):
+-- * Whole commands in the pool. Under waiters.ngx, cmd:run(), output() and combined_output()
+--   of a command made of plain values run start to end in a pool thread's Lua VM
+--   (run_plain); the request yields once and gets the result back as scalars. A pipe
+--   whose write end the request holds lets the pool thread kill the command if the
+--   request is dropped.
 -- * Waiting on the event. waiters.ngx hands every wait to a thread of nginx's thread pool
 --   (ngx.run_worker_thread): the pool thread blocks in poll(2) on the fds, and nginx resumes
 --   the request when the thread is done, so the request wakes on the event itself, not on
