@@ -6,7 +6,7 @@
 # Every program runs N operations in one process and prints ONE number on its last stdout line
 # (a rate or a per-op median; see the peers' bench.h). Peers whose toolchain is missing are
 # skipped with a note.
-# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 7 sys (default: all)   env: REPS=3 LUA_BIN=lua5.4
+# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 7 sys nginx (default: all)   env: REPS=3 LUA_BIN=lua5.4
 # Case 6 reads files made in $BENCH_FILES (default /tmp/tether-bench-files; kept between runs).
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -297,10 +297,11 @@ casesys() {
 }
 
 facts
-for c in ${@:-1 2 3 4 5 6 7 sys}; do
+for c in ${@:-1 2 3 4 5 6 7 sys nginx}; do
   case $c in
     [1-7]) "case$c" ;;
     sys) casesys ;;
+    nginx) bash "$HERE/nginx.sh" ;; # issue 12: tether inside real nginx
     *) echo "unknown case $c" >&2 ;;
   esac
 done

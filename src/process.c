@@ -70,19 +70,51 @@ static tproc *new_proc(lua_State *L) {
 
 /* ---- the child guard ------------------------------------------------------------------ */
 
-static int guard_on;
+/* Per thread, as signal masks are: nginx's event loop and its pool threads each have their
+ * own. on: the guard is wanted in this thread. applied: the pid in which SIGCHLD was blocked
+ * for it (a fork child, e.g. an nginx worker forked after init_by_lua, starts with a mask
+ * nginx resets: the guard is applied again there). ours: SIGCHLD was unblocked before, so
+ * turning the guard off may unblock it; a thread that had it blocked (nginx's pool threads)
+ * keeps it blocked whatever happens. */
+static _Thread_local struct { int on, ours; pid_t applied; } guard;
 
-/* guard_children(on) -> previous setting. See the file comment: on blocks SIGCHLD in the
- * calling thread (the host's event loop thread) until the guard is turned off. */
+static void guard_apply(void) {
+  pid_t me = getpid();
+  if (guard.applied == me) return;
+  sigset_t chld, before;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &chld, &before);
+  guard.ours = !sigismember(&before, SIGCHLD);
+  guard.applied = me;
+}
+
+/* Called before every spawn: a guard wanted in this thread is in force (re-applied after
+ * a fork). */
+static void guard_refresh(void) {
+  if (guard.on) guard_apply();
+}
+
+/* guard_children(on [, lazy]) -> previous setting (of this thread). See the file comment:
+ * on blocks SIGCHLD in the calling thread (the host's event loop thread) until the guard is
+ * turned off; lazy defers that to this thread's next spawn (set_waiter in nginx's
+ * init_by_lua, which runs in the master: its workers get the guard, the master nothing).
+ * Off unblocks SIGCHLD only if the guard blocked it, in this thread of this process. */
 static int proc_guard_children(lua_State *L) {
-  int on = lua_toboolean(L, 1);
-  lua_pushboolean(L, guard_on);
-  if (on != guard_on) {
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    pthread_sigmask(on ? SIG_BLOCK : SIG_UNBLOCK, &chld, NULL);
-    guard_on = on;
+  int on = lua_toboolean(L, 1), lazy = lua_toboolean(L, 2);
+  lua_pushboolean(L, guard.on);
+  if (on) {
+    guard.on = 1;
+    if (!lazy) guard_apply();
+  } else if (guard.on) {
+    if (guard.applied == getpid() && guard.ours) {
+      sigset_t chld;
+      sigemptyset(&chld);
+      sigaddset(&chld, SIGCHLD);
+      pthread_sigmask(SIG_UNBLOCK, &chld, NULL);
+    }
+    guard.on = guard.ours = 0;
+    guard.applied = 0;
   }
   return 1;
 }
@@ -391,6 +423,7 @@ static int proc_spawn(lua_State *L) {
     relay = 0; /* "auto" under an emulator (valgrind): spawn directly */
   }
   if (relay) return spawn_relayed(L, &a);
+  guard_refresh(); /* issue 12: a direct spawn has the guard wanted in this thread in force */
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
   if (!memory_is_shared()) {
