@@ -38,6 +38,7 @@ export TETHER_LUA := $(LUA_BIN)
 export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
 export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
 export TETHER_SEMTHREAD := $(CURDIR)/$(BUILD)/spec/semthread.so
+export TETHER_FORKTHREAD := $(CURDIR)/$(BUILD)/spec/forkthread.so
 
 .PHONY: all deps test test-all demo clean install
 
@@ -88,9 +89,15 @@ $(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c src/util.c $(HDR
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c src/util.c
 
+# A spec helper: a host thread that forks while the Lua thread uses tether; each child runs
+# Lua code in a fresh lua_State (spec/helpers/forkthread.c).
+$(BUILD)/spec/forkthread.so: spec/helpers/forkthread.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ $<
+
 # SPECS=spec/exec_spec.lua runs one spec file (or several) instead of the whole suite.
 SPECS ?= spec
-SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so $(BUILD)/spec/forkthread.so
 
 test: $(CORE) $(SPEC_HELPERS)
 	@mkdir -p $(BUILD)
@@ -159,6 +166,7 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
   TETHER_SIGEXEC=$(CURDIR)/$(ASAN_BUILD)/sigexec \
   TETHER_HOSTHANDLER=$(CURDIR)/$(ASAN_BUILD)/spec/hosthandler.so \
   TETHER_SEMTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/semthread.so \
+  TETHER_FORKTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/forkthread.so \
   TETHER_LUA=$(CURDIR)/spec/helpers/asan-lua TETHER_ASAN_LUA=$(LUA_BIN) \
   TETHER_ASAN_LIB=$$(gcc -print-file-name=libasan.so) \
   ASAN_OPTIONS=detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:log_path=$(CURDIR)/$(ASAN_BUILD)/report \
@@ -169,7 +177,7 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
 check-asan:
 	@CFLAGS="-O1 -g $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)" $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so \
-	  $(ASAN_BUILD)/spec/semthread.so
+	  $(ASAN_BUILD)/spec/semthread.so $(ASAN_BUILD)/spec/forkthread.so
 	@rm -f $(ASAN_BUILD)/report.*
 	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP spec \
 	    > $(ASAN_BUILD)/test.tap 2>$(ASAN_BUILD)/test.err; rc=$$?; \
@@ -192,7 +200,7 @@ VG_JOBS  ?= $(shell nproc)
 VALGRIND ?= valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
   --child-silent-after-fork=yes --trace-children=no --suppressions=spec/helpers/valgrind.supp
 
-check-valgrind: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+check-valgrind: $(CORE) $(SPEC_HELPERS)
 	@rm -rf $(VG_DIR); mkdir -p $(VG_DIR)
 	@TETHER_VALGRIND=1 VG_SPECS="$(VG_SPECS)" timeout -s KILL 3600 \
 	  sh scripts/valgrind-shards.sh $(VG_JOBS) $(VG_DIR) $(LUA_BIN) $(VALGRIND)

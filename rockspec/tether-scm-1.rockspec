@@ -50,6 +50,7 @@ build = {
             "src/cpus.c",
             "src/env.c",
             "src/fd.c",
+            "src/fork.c",
             "src/fsops.c",
             "src/lane.c",
             "src/pgroup.c",

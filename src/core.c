@@ -15,6 +15,7 @@ static int core_kind(lua_State *L) {
 }
 
 __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
+  tether_fork_init();
   lua_newtable(L);
   tether_open_sys(L);
   tether_open_fd(L);

@@ -20,6 +20,9 @@ static atomic_uint counts[NSIG];
 static atomic_int pending_any;
 static int pipe_r = -1, pipe_w = -1;
 static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
+/* fork.c takes and releases this lock around fork() (tether.h). */
+void tether_signal_lock(void) { pthread_mutex_lock(&sig_lock); }
+void tether_signal_unlock(void) { pthread_mutex_unlock(&sig_lock); }
 
 static struct sigaction original[NSIG]; /* as found before tether touched the signal */
 static unsigned char touched[NSIG];

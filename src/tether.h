@@ -32,6 +32,18 @@ int tether_fail(lua_State *L, int err);
 void tether_efd_write(int fd);
 void tether_efd_drain(int fd);
 
+/* Keeps tether/core.so loaded for the life of the process (RTLD_NODELETE), for threads that
+ * may outlive the lua_State that loaded it (util.c). */
+void tether_pin_library(void);
+
+/* fork() from any thread leaves every tether lock usable in the child (fork.c): one
+ * pthread_atfork registration, made by luaopen_tether_core, takes the locks below in this
+ * order (the order tether nests them) before a fork and releases them after, in both. */
+void tether_fork_init(void);
+void tether_signal_lock(void);   /* signal.c's lock */
+void tether_signal_unlock(void);
+void tether_pool_fork(int phase); /* pool.c: every pool's lock; phase 0 prepare, 1 parent, 2 child */
+
 /* The one lock around the process environment (env.c); spawn holds it while
  * a child inherits environ. */
 void tether_env_lock(void);

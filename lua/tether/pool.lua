@@ -402,9 +402,9 @@ end
 
 --- pool:close() -> true. Stops taking tasks, lets the queued ones run,
 -- then waits (through the waiter) until every worker thread has ended and
--- joins them; their lua_States are closed. Idempotent. Garbage collection
--- and Lua 5.4's `<close>` close a pool too (collection cancels what is still
--- queued and blocks until running tasks end, since it cannot yield).
+-- joins them; their lua_States are closed. Idempotent. Lua 5.4's `<close>`
+-- closes a pool too; garbage collection cancels what is still queued and
+-- detaches the workers without waiting (a running task ends on its own).
 function Pool:close()
   local c = check_pool(self, "close")
   c:close()
