@@ -210,6 +210,7 @@ static void join_all(pool *p) {
  * with every signal blocked (the mask is set before pthread_create); they run init and
  * announce themselves on ctl_fd (see ready()). */
 static int pool_new(lua_State *L) {
+  tether_reap_pending(); /* a closure with upvalues: core.c's entry does not wrap it */
   lua_Integer size = luaL_checkinteger(L, 1);
   lua_Integer cap = luaL_checkinteger(L, 2);
   luaL_argcheck(L, size >= 1 && size <= 1024, 1, "size must be an integer from 1 to 1024");

@@ -50,8 +50,11 @@ void tether_env_lock(void);
 void tether_env_unlock(void);
 
 /* Reap processes whose Lua objects were collected without wait (children.c).
- * Cheap when there are none; called from the common entry points. */
+ * Cheap when there are none; called from the common entry points. tether_reap_pending
+ * reaps only those (no reaper step): one atomic load when there are none, called on entry
+ * to every function of tether.core (core.c). */
 void tether_reap_orphans(void);
+void tether_reap_pending(void);
 
 /* Reaper mode (reaper.c). The registry of tether's live children (children.c, children.h):
  * the lock guards it; tether_child_stash (lock held) keeps a reaped child's status for its
