@@ -118,3 +118,34 @@ describe("fs.read_file on a FIFO", function()
     assert.is_false(open_here(), "a lane thread still has the FIFO open")
   end)
 end)
+
+describe("a wait the OS refuses", function()
+  it("returns nil, err from tether.wait (poll: EINVAL, more fds than RLIMIT_NOFILE)", function()
+    local out, err, code = util.lua_run([[
+      local core = require "tether.core"
+      local wait = require "tether.wait"
+      local list = {}
+      for _ = 1, 64 do list[#list + 1] = -1; list[#list + 1] = "r" end
+      local i, e = wait.wait_many(list, core.now() + 0.01)
+      io.write(tostring(i), " ", tostring(e and e.code), "\n")
+    ]], { prefix = [[sh -c 'ulimit -n 32; exec "$0" "$@"']] })
+    assert.are.equal(0, code, tostring(err))
+    local first = out:match("^[^\n]*")
+    assert.are.equal("nil EINVAL", first)
+  end)
+
+  it("returns nil, err through a custom waiter when its epoll fd cannot be made (EMFILE)", function()
+    local out, err, code = util.lua_run([[
+      local tether = require "tether"
+      local core = require "tether.core"
+      local wait = require "tether.wait"
+      tether.set_waiter(function() end)
+      local files = {}
+      repeat local f = io.open("/dev/null") ; files[#files + 1] = f until not f
+      local ok, e = wait.wait(0, "r", core.now() + 1)
+      io.write(tostring(ok), " ", tostring(e and e.code), "\n")
+    ]], { prefix = [[sh -c 'ulimit -n 64; exec "$0" "$@"']] })
+    assert.are.equal(0, code, tostring(err))
+    assert.are.equal("nil EMFILE", out:match("^[^\n]*"))
+  end)
+end)

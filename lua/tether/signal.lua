@@ -123,7 +123,9 @@ function Channel:recv(limit)
     local v = pop(self)
     if v then return v end
     if ctx and ctx:done() then return nil, ctx:err() end
-    if wait.wait_many(wait.add_ctx({ core.signal_fd(), "r" }, ctx), deadline) == false then
+    local ready, werr = wait.wait_many(wait.add_ctx({ core.signal_fd(), "r" }, ctx), deadline)
+    if ready == nil then return nil, werr end -- the OS refused the wait (c-house)
+    if ready == false then
       pump()
       v = pop(self)
       if v then return v end
