@@ -8,6 +8,7 @@
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -35,6 +36,7 @@ int tether_poll(struct pollfd *pfd, unsigned long n, int ms) {
   int wfd = tether_reaper_wake_fd();
   if (wfd < 0) return poll(pfd, (nfds_t)n, ms);
   struct pollfd small[16], *all = small;
+  if (n >= SIZE_MAX / sizeof *all - 1) { errno = EINVAL; return -1; }
   if (n + 1 > sizeof small / sizeof small[0]) {
     all = malloc((n + 1) * sizeof *all);
     if (!all) return poll(pfd, (nfds_t)n, ms); /* no memory: reap at the next call */
