@@ -179,7 +179,7 @@ check-asan:
 	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so \
 	  $(ASAN_BUILD)/spec/semthread.so $(ASAN_BUILD)/spec/forkthread.so
 	@rm -f $(ASAN_BUILD)/report.*
-	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP spec \
+	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP $(SPECS) \
 	    > $(ASAN_BUILD)/test.tap 2>$(ASAN_BUILD)/test.err; rc=$$?; \
 	  cat $(ASAN_BUILD)/test.tap; cat $(ASAN_BUILD)/test.err >&2; \
 	  for f in $(ASAN_BUILD)/report.*; do [ -f "$$f" ] || continue; echo "== sanitizer report $$f:"; cat "$$f"; \
