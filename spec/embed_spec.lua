@@ -29,9 +29,9 @@ describe("fork() from another thread of the host", function()
     local child = [[
       local env = require "tether.env"
       local exec = require "tether.exec"
-      if env.get("TETHER_FORK_MARK") == nil then return false end
-      local st = exec.command("true"):run()
-      return st ~= nil
+      assert(env.get("TETHER_FORK_MARK"), "env.get: TETHER_FORK_MARK is not set")
+      assert(exec.command("true"):run())
+      return true
     ]]
     assert(env.set("TETHER_FORK_MARK", "0"))
     local p = pool.new { size = 1 }

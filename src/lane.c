@@ -18,7 +18,10 @@
  * lua_State, the first one pins this library (RTLD_NODELETE) against dlclose.
  *
  * A batch is refcounted (its userdata, plus each lane thread running one of its ops), so a
- * cancelled or collected batch is freed by whoever lets go last. */
+ * cancelled or collected batch is freed by whoever lets go last.
+ *
+ * Entry points: tether_open_lane (lane_read, lane_stat, lane_write, lane_stats and the batch
+ * methods, at the end of the file); lane_main is the thread. */
 #include "tether.h"
 #include "lane.h"
 

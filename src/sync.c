@@ -9,7 +9,10 @@
  * smaller ones behind it (no starvation), as in Go.
  *
  * The semaphore's own pollfd (made on first use) is readable while try_acquire(1) would
- * succeed: capacity left and nobody queued. */
+ * succeed: capacity left and nobody queued.
+ *
+ * Entry points: tether_open_sync (sem_new, sem_methods, sem_is), tether_sem_test/push/
+ * retain/release (tether.h, for other states and tether.pool's copier). */
 #include "tether.h"
 
 #include <errno.h>
