@@ -1,7 +1,8 @@
 /* fork.c - fork() from any thread of the host, at any time, leaves a child whose tether locks
  * are usable. One pthread_atfork registration (tether_fork_init, from luaopen_tether_core)
  * takes every process-wide tether lock before the fork, in the order tether nests them (env,
- * then the child registry, then signals, then the pools), and releases them after it, in the
+ * then the child registry, then signals, then the pools, then the semaphores), and releases
+ * them after it, in the
  * parent and in the child (where the forking thread is the only thread left). The lane
  * registers its own handlers when it starts its first thread (lane.c).
  *
@@ -16,9 +17,11 @@ static void prepare(void) {
   tether_children_lock();
   tether_signal_lock();
   tether_pool_fork(0);
+  tether_sync_fork(0);
 }
 
 static void in_parent(void) {
+  tether_sync_fork(1);
   tether_pool_fork(1);
   tether_signal_unlock();
   tether_children_unlock();
@@ -26,6 +29,7 @@ static void in_parent(void) {
 }
 
 static void in_child(void) {
+  tether_sync_fork(2);
   tether_pool_fork(2);
   tether_signal_unlock();
   tether_children_unlock();

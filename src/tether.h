@@ -43,6 +43,7 @@ void tether_fork_init(void);
 void tether_signal_lock(void);   /* signal.c's lock */
 void tether_signal_unlock(void);
 void tether_pool_fork(int phase); /* pool.c: every pool's lock; phase 0 prepare, 1 parent, 2 child */
+void tether_sync_fork(int phase); /* sync.c: every semaphore's lock (same phases) */
 
 /* The one lock around the process environment (env.c); spawn holds it while
  * a child inherits environ. */
