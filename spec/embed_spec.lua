@@ -64,10 +64,7 @@ end)
 
 describe("a dropped pool", function()
   it("is collected without waiting for its running task, and the host then exits", function()
-    local dir = util.tmpdir()
-    local fifo = dir .. "/gate"
-    util.defer(function() os.remove(fifo); os.remove(dir) end)
-    assert(util.sh("mkfifo " .. util.shquote(fifo)))
+    local fifo = util.mkfifo()
     -- The host: a Lua interpreter whose pool runs a task that never ends (it waits to open
     -- a FIFO no one writes), drops the pool, collects it and exits (lua_close included).
     local out, err, code = util.lua_run([[

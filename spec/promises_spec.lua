@@ -94,10 +94,7 @@ end)
 
 describe("fs.read_file on a FIFO", function()
   it("waits for a writer that opens it 0.3 s later and returns its data, as Go's os.ReadFile", function()
-    local dir = util.tmpdir()
-    local fifo = dir .. "/fifo"
-    util.defer(function() os.remove(fifo); os.remove(dir) end)
-    assert(util.sh("mkfifo " .. util.shquote(fifo)))
+    local fifo = util.mkfifo()
     local writer = exec.command("sh", "-c", "sleep 0.3; printf 'late data' > " .. util.shquote(fifo))
     assert(writer:start())
     local data, err = fs.read_file(fifo)
@@ -106,10 +103,7 @@ describe("fs.read_file on a FIFO", function()
   end)
 
   it("stops waiting for a writer when the context is done", function()
-    local dir = util.tmpdir()
-    local fifo = dir .. "/fifo"
-    util.defer(function() os.remove(fifo); os.remove(dir) end)
-    assert(util.sh("mkfifo " .. util.shquote(fifo)))
+    local fifo = util.mkfifo()
     local ctx = context.with_timeout(context.background(), 0.2)
     local data, err = fs.read_file(fifo, { ctx = ctx })
     assert.is_nil(data)

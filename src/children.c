@@ -12,6 +12,7 @@
  * DESIGN's promise: no zombie outlives its Lua object by more than the next tether call. */
 #include "tether.h"
 #include "children.h"
+#include "spawn.h" /* tether_relay_reap_orphans */
 
 #include <errno.h>
 #include <pthread.h>
@@ -87,8 +88,10 @@ void tether_reap_orphans(void) {
   tether_reap_pending();
 }
 
-/* See tether.h: one relaxed load while no orphan is left. */
+/* See tether.h: relay mode's released intermediates (relay.c) and the orphan list, each one
+ * relaxed atomic load while it is empty. */
 void tether_reap_pending(void) {
+  tether_relay_reap_orphans();
   if (atomic_load_explicit(&orphan_count, memory_order_relaxed) != 0) reap_list();
 }
 

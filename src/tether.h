@@ -12,6 +12,7 @@ void tether_open_sys(lua_State *L);
 void tether_open_fd(lua_State *L);
 void tether_open_buffer(lua_State *L);
 void tether_open_process(lua_State *L);
+void tether_open_relay(lua_State *L);
 void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
 void tether_open_systemd(lua_State *L);
@@ -22,6 +23,8 @@ void tether_open_sync(lua_State *L);
 void tether_open_pool(lua_State *L);
 void tether_open_cpus(lua_State *L);
 void tether_open_copy(lua_State *L);
+void tether_open_hostflag(lua_State *L); /* issue 12 */
+void tether_open_fdkind(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call (util.c). */
@@ -32,16 +35,12 @@ int tether_fail(lua_State *L, int err);
 void tether_efd_write(int fd);
 void tether_efd_drain(int fd);
 
-/* Keeps tether/core.so loaded for the life of the process (RTLD_NODELETE), for threads that
- * may outlive the lua_State that loaded it (util.c). */
-void tether_pin_library(void);
-
 /* fork() from any thread leaves every tether lock usable in the child (fork.c): one
  * pthread_atfork registration, made by luaopen_tether_core, takes the locks below in this
  * order (the order tether nests them) before a fork and releases them after, in both. */
 void tether_fork_init(void);
-void tether_signal_lock(void);   /* signal.c's lock */
-void tether_signal_unlock(void);
+void tether_relay_lock(void);    /* relay.c's orphan list */
+void tether_relay_unlock(void);
 void tether_pool_fork(int phase); /* pool.c: every pool's lock; phase 0 prepare, 1 parent, 2 child */
 void tether_sync_fork(int phase); /* sync.c: every semaphore's lock (same phases) */
 
@@ -72,6 +71,16 @@ int tether_reaper_wake_fd(void);       /* the wake-up eventfd while reaper mode 
 /* poll(2), plus the reaper's wake-up fd while reaper mode is on: a SIGCHLD during the
  * wait reaps (and the call returns -1/EINTR when nothing else became ready) (sys.c). */
 int tether_poll(struct pollfd *pfd, unsigned long n, int ms);
+
+/* Keeps this library mapped for the rest of the process (pin.c): call before handing a
+ * signal handler or a thread code that may outlive the lua_State. Idempotent. */
+void tether_pin_library(void);
+
+/* The signals whose disposition was SIG_IGN before tether touched them (or is now, for those
+ * tether never touched), bit s-1 for signal s (glibc's own 32 and 33 included): what an
+ * init hands its child, as tini does (signal.c). */
+#include <stdint.h>
+uint64_t tether_signal_inherited(void);
 
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.
  * Raises naming the argument when it is none of these (fd.c). */

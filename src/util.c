@@ -1,9 +1,8 @@
 /* util.c - the small helpers every other C file shares: tether_fail (runtime failures as
- * nil, errno), the eventfd wake-up (tether_efd_write, tether_efd_drain) and
- * tether_pin_library. Nothing here calls back into the rest of the core. */
+ * nil, errno) and the eventfd wake-up (tether_efd_write, tether_efd_drain). Nothing here
+ * calls back into the rest of the core. */
 #include "tether.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -32,12 +31,4 @@ void tether_efd_drain(int fd) {
   uint64_t v;
   while (read(fd, &v, sizeof v) < 0 && errno == EINTR) {}
   errno = saved;
-}
-
-/* Keeps this library (tether/core.so) loaded for the life of the process (RTLD_NODELETE):
- * for threads that may outlive the lua_State that loaded it (lane, pool workers). */
-void tether_pin_library(void) {
-  Dl_info info;
-  if (dladdr((void *)&tether_pin_library, &info) && info.dli_fname)
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }

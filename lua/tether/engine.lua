@@ -209,6 +209,7 @@ end
 -- order: the exit status, then the context's error (or ErrWaitDelay), then I/O errors.
 local function finish(self)
   self._waited = true
+  if engine.on_finish then engine.on_finish(self) end -- tether.ngx: unties it from its request (issue 12)
   local tasks = self._run.tasks
   self._run.tasks = nil
   self:_close_pipes()
@@ -227,6 +228,6 @@ local function finish(self)
   return true
 end
 
-engine.drive, engine.finish = drive, finish
+engine.drive, engine.finish, engine.exit_error = drive, finish, exit_error
 
 return engine
