@@ -23,6 +23,13 @@ local function forkthread()
 end
 
 describe("fork() from another thread of the host", function()
+  if os.getenv("TETHER_ASAN_LUA") then
+    -- GCC 12's libasan has no fork handlers: a child forked while the Lua thread is inside
+    -- the sanitizer's allocator hangs on its lock in luaL_newstate (gdb shows
+    -- SizeClassAllocator64::GetFromAllocator). Every other run checks this.
+    pending("skipped under ASan: the sanitizer's allocator is not fork-safe")
+    return
+  end
   it("gives children whose tether locks work: each builds a state, calls env.get, runs a command", function()
     local ft = forkthread()
     -- Each child: a fresh lua_State that loads tether, reads the environment through the

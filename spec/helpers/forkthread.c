@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -66,6 +67,11 @@ static int wait_child(pid_t pid, int ms) {
     do r = poll(&p, 1, ms); while (r < 0 && errno == EINTR);
     hung = r == 0;
     close(fd);
+  }
+  if (hung && getenv("TETHER_FORKTHREAD_GDB")) { /* debugging aid: the hung child's stack */
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "gdb -batch -p %d -ex 'thread apply all bt' >&2 2>&1", (int)pid);
+    (void)!system(cmd);
   }
   if (hung) kill(pid, SIGKILL);
   int st;
