@@ -40,6 +40,7 @@ export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
 export TETHER_SEMTHREAD := $(CURDIR)/$(BUILD)/spec/semthread.so
 export TETHER_EMBEDHOST := $(CURDIR)/$(BUILD)/spec/embedhost
 export TETHER_REAPHOST := $(CURDIR)/$(BUILD)/spec/reaphost.so
+export TETHER_FORKTHREAD := $(CURDIR)/$(BUILD)/spec/forkthread.so
 
 .PHONY: all deps test test-all demo clean install
 
@@ -102,10 +103,16 @@ $(BUILD)/spec/reaphost.so: spec/helpers/reaphost.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ $<
 
+# A spec helper: a host thread that forks while the Lua thread uses tether; each child runs
+# Lua code in a fresh lua_State (spec/helpers/forkthread.c).
+$(BUILD)/spec/forkthread.so: spec/helpers/forkthread.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ $<
+
 # SPECS=spec/exec_spec.lua runs one spec file (or several) instead of the whole suite.
 SPECS ?= spec
 SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so \
-  $(BUILD)/spec/embedhost $(BUILD)/spec/reaphost.so
+  $(BUILD)/spec/embedhost $(BUILD)/spec/reaphost.so $(BUILD)/spec/forkthread.so
 
 test: $(CORE) $(SPEC_HELPERS)
 	@mkdir -p $(BUILD)
@@ -178,6 +185,7 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
   TETHER_SEMTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/semthread.so \
   TETHER_EMBEDHOST=$(CURDIR)/$(ASAN_BUILD)/spec/embedhost \
   TETHER_REAPHOST=$(CURDIR)/$(ASAN_BUILD)/spec/reaphost.so \
+  TETHER_FORKTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/forkthread.so \
   TETHER_LUA=$(CURDIR)/spec/helpers/asan-lua TETHER_ASAN_LUA=$(LUA_BIN) \
   TETHER_ASAN_LIB=$$(gcc -print-file-name=libasan.so) \
   ASAN_OPTIONS=detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:log_path=$(CURDIR)/$(ASAN_BUILD)/report \
@@ -188,7 +196,8 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
 check-asan:
 	@CFLAGS="-O1 -g $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)" $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so \
-	  $(ASAN_BUILD)/spec/semthread.so $(ASAN_BUILD)/spec/embedhost $(ASAN_BUILD)/spec/reaphost.so
+	  $(ASAN_BUILD)/spec/semthread.so $(ASAN_BUILD)/spec/embedhost $(ASAN_BUILD)/spec/reaphost.so \
+	  $(ASAN_BUILD)/spec/forkthread.so
 	@rm -f $(ASAN_BUILD)/report.*
 	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP $(ASAN_SPECS) \
 	    > $(ASAN_BUILD)/test.tap 2>$(ASAN_BUILD)/test.err; rc=$$?; \

@@ -51,6 +51,7 @@ build = {
             "src/env.c",
             "src/fd.c",
             "src/fdkind.c",
+            "src/fork.c",
             "src/fsops.c",
             "src/hostflag.c",
             "src/lane.c",

@@ -25,10 +25,14 @@ static tbuf *check_buf(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, TETHER_BUFFER_MT);
 }
 
+/* Room for need bytes in data; -1 when out of memory (or need cannot be allocated). */
 static int grow(tbuf *b, size_t need) {
   if (need <= b->cap) return 0;
   size_t cap = b->cap ? b->cap : 16384;
-  while (cap < need) cap *= 2;
+  while (cap < need) {
+    if (cap > SIZE_MAX / 2) { cap = need; break; } /* doubling would wrap: exactly need */
+    cap *= 2;
+  }
   char *p = realloc(b->data, cap);
   if (!p) return -1;
   b->data = p;
@@ -58,6 +62,7 @@ static void ring_append(tbuf *b, const char *s, size_t n) {
 
 /* Append n bytes; returns -1 when out of memory. */
 static int buf_add(tbuf *b, const char *s, size_t n) {
+  if (n > SIZE_MAX - b->len) return -1;
   b->total += n;
   if (!b->truncated && (b->limit == 0 || b->len + n <= b->limit)) {
     if (grow(b, b->len + n) < 0) return -1;
@@ -97,12 +102,19 @@ static int buf_new(lua_State *L) {
   return 1;
 }
 
+/* The most one read_from asks for (read(2) itself stops just below 2 GiB). */
+#define READ_MAX ((lua_Integer)1 << 30)
+
 /* buf:read_from(fd [, max]) -> bytes read (> 0) | 0 at end of file | false when it would block
- * | nil, errno. Reads straight into the buffer when it has room. */
+ * | nil, errno (ENOMEM when the buffer cannot grow). Reads straight into the buffer when it
+ * has room. max (default 65536) must be from 1 to 2^30; anything else raises. */
 static int buf_read_from(lua_State *L) {
   tbuf *b = check_buf(L, 1);
   int fd = tether_checkfd(L, 2);
-  size_t max = (size_t)luaL_optinteger(L, 3, 65536);
+  lua_Integer imax = luaL_optinteger(L, 3, 65536);
+  luaL_argcheck(L, imax >= 1 && imax <= READ_MAX, 3, "max must be from 1 to 2^30");
+  size_t max = (size_t)imax;
+  if (max > SIZE_MAX - b->len) return tether_fail(L, ENOMEM);
   ssize_t n;
   if (!b->truncated && (b->limit == 0 || b->len + max <= b->limit)) {
     if (grow(b, b->len + max) < 0) return tether_fail(L, ENOMEM);

@@ -7,7 +7,9 @@
  * of a child the reaper took for its Process. Never waitpid(-1) here.
  *
  * Entry points: tether_children_lock/unlock, tether_child_add/remove/find/orphan
- * (children.h), tether_child_stash and tether_reap_orphans (tether.h). */
+ * (children.h), tether_child_stash, tether_reap_orphans and tether_reap_pending (tether.h).
+ * Every function of tether.core reaps pending orphans on entry (core.c), which keeps
+ * DESIGN's promise: no zombie outlives its Lua object by more than the next tether call. */
 #include "tether.h"
 #include "children.h"
 #include "spawn.h" /* tether_relay_reap_orphans */
@@ -79,10 +81,21 @@ int tether_child_orphan(struct child_rec *r) {
   return 1;
 }
 
+static void reap_list(void);
+
 void tether_reap_orphans(void) {
   if (tether_reaper_on()) tether_reaper_step();
-  tether_relay_reap_orphans(); /* relay mode's released intermediates (relay.c) */
-  if (atomic_load_explicit(&orphan_count, memory_order_relaxed) == 0) return;
+  tether_reap_pending();
+}
+
+/* See tether.h: relay mode's released intermediates (relay.c) and the orphan list, each one
+ * relaxed atomic load while it is empty. */
+void tether_reap_pending(void) {
+  tether_relay_reap_orphans();
+  if (atomic_load_explicit(&orphan_count, memory_order_relaxed) != 0) reap_list();
+}
+
+static void reap_list(void) {
   int saved = errno;
   pthread_mutex_lock(&children_lock);
   size_t n = atomic_load(&orphan_count);

@@ -24,7 +24,10 @@
  * Format: a sequence of values, each a tag byte then its payload:
  *   NIL FALSE TRUE | INT zigzag-varint | FLT 8 bytes (host order) | STR varint len, bytes
  *   TAB varint narray, narray values (keys 1..narray), then key/value pairs up to END
- *   FUN varint len, bytecode | SEM varint index into origin->sems */
+ *   FUN varint len, bytecode | SEM varint index into origin->sems
+ *
+ * Entry points (copy.h): copy_init/free/truncate, copy_encode, copy_decode; and the
+ * core functions copy_encode/copy_decode (tether_open_copy) for specs and the fuzzer. */
 #include "copy.h"
 
 #include <math.h>

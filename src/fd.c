@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -139,7 +140,7 @@ static int fd_dup(lua_State *L) {
 static int fd_read(lua_State *L) {
   tfd *f = check_open(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, 65536);
-  luaL_argcheck(L, max > 0, 2, "must be positive");
+  luaL_argcheck(L, max > 0 && max <= ((lua_Integer)1 << 30), 2, "must be from 1 to 2^30");
   luaL_Buffer b;
   char *p = luaL_buffinitsize(L, &b, (size_t)max);
   ssize_t n;
@@ -232,7 +233,9 @@ static int fd_set_nonblock(lua_State *L) {
 /* fd:set_pipe_size(bytes) -> the size the kernel granted | nil, errno. */
 static int fd_set_pipe_size(lua_State *L) {
   tfd *f = check_open(L, 1);
-  int n = fcntl(f->fd, F_SETPIPE_SZ, (int)luaL_checkinteger(L, 2));
+  lua_Integer size = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, size > 0 && size <= INT_MAX, 2, "size must be from 1 to INT_MAX");
+  int n = fcntl(f->fd, F_SETPIPE_SZ, (int)size);
   if (n < 0) return tether_fail(L, errno);
   lua_pushinteger(L, n);
   return 1;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,21 @@ static int open_retry(const char *path, int flags, mode_t mode) {
   return fd;
 }
 
+/* A FIFO reads as Go's os.ReadFile reads it: until its writers have come and closed it. It
+ * was opened non-blocking (the open does not wait for a writer), so a read before any writer
+ * came would see end of file at once: wait until it is readable (data) or hung up (a writer
+ * came and went; poll does not report the hang-up of a FIFO that never had a writer since it
+ * was opened). Polls in slices, so a cancelled batch stops within one; -1 with errno. */
+static int fifo_wait(int fd, const atomic_int *cancel) {
+  for (;;) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int r = poll(&p, 1, 100);
+    if (r > 0) return 0;
+    if (r < 0 && errno != EINTR) return -1;
+    if (atomic_load_explicit(cancel, memory_order_relaxed)) { errno = ECANCELED; return -1; }
+  }
+}
+
 void fsop_read(struct lane_op *op, const atomic_int *cancel) {
   /* O_NONBLOCK: opening a FIFO without a writer must not block the lane. */
   int fd = open_retry(op->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0);
@@ -37,7 +53,7 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
   struct stat st;
   if (fstat(fd, &st) < 0) { fail(op, "stat", errno); close(fd); return; }
   size_t cap = FIRST_CAP;
-  int blocking = 0, sized = 0;
+  int blocking = 0, sized = 0, fifo = S_ISFIFO(st.st_mode);
   if (S_ISREG(st.st_mode)) {
     /* st_size + 1, so that the read seeing EOF fits without growing. A file that grows
      * meanwhile is read to its end all the same; /proc files report size 0. */
@@ -46,8 +62,9 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
       cap = (size_t)st.st_size + 1;
       sized = 1;
     }
-  } else {
-    /* Not a regular file: reads block like Go's os.ReadFile (no EAGAIN to handle). */
+  } else if (!fifo) {
+    /* Not a regular file: reads block like Go's os.ReadFile (no EAGAIN to handle). A FIFO
+     * stays non-blocking: see fifo_wait. */
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0) blocking = 1;
   }
@@ -75,9 +92,10 @@ void fsop_read(struct lane_op *op, const atomic_int *cancel) {
     }
     size_t want = cap - len;
     if (want > CHUNK) want = CHUNK;
+    if (fifo && fifo_wait(fd, cancel) < 0) { fail(op, "read", errno); break; }
     ssize_t r = read(fd, buf + len, want);
     if (r < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || (errno == EAGAIN && fifo)) continue; /* fifo: another reader took it */
       if (errno == EAGAIN && !blocking) {
         /* A file system that honours O_NONBLOCK on this file: read it blocking. */
         int fl = fcntl(fd, F_GETFL);

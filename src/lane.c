@@ -18,7 +18,10 @@
  * lua_State, the first one pins this library (RTLD_NODELETE) against dlclose.
  *
  * A batch is refcounted (its userdata, plus each lane thread running one of its ops), so a
- * cancelled or collected batch is freed by whoever lets go last. */
+ * cancelled or collected batch is freed by whoever lets go last.
+ *
+ * Entry points: tether_open_lane (lane_read, lane_stat, lane_write, lane_stats and the batch
+ * methods, at the end of the file); lane_main is the thread. */
 #include "tether.h"
 #include "lane.h"
 
@@ -274,7 +277,7 @@ static struct batch *batch_new(lua_State *L, int kind, size_t n, size_t blob) {
   b->limit = 1;
   b->efd = -1;
   b->ops = calloc(n ? n : 1, sizeof *b->ops);
-  b->order = malloc((n ? n : 1) * sizeof *b->order);
+  b->order = n > SIZE_MAX / sizeof *b->order ? NULL : malloc((n ? n : 1) * sizeof *b->order);
   b->blob = malloc(blob ? blob : 1);
   if (kind == K_STAT) b->st = calloc(1, sizeof *b->st);
   if (!b->ops || !b->order || !b->blob || (kind == K_STAT && !b->st)) {
@@ -330,6 +333,7 @@ static int lane_read(lua_State *L) {
       if (why) lua_pushstring(L, why); else lua_pushnil(L);
       return 3;
     }
+    if (len >= SIZE_MAX - total) return luaL_argerror(L, 1, "paths too long");
     total += len + 1;
     lua_pop(L, 1);
   }

@@ -1,7 +1,7 @@
 /* pool.c - tether.pool's pool object: pinned worker threads, each with its own lua_State,
  * fed by a bounded queue (one mutex, a condition variable per worker), with completion
  * handed to the Lua thread by eventfd. Never blocks the Lua thread except in join, which
- * only waits for threads that have announced their exit (and in __gc, see pool_gc).
+ * only waits for threads that have announced their exit; __gc detaches them (pool_gc).
  *
  * Entry points: pool_new (core.pool_new), the pool methods (pool_methods below), pool_gc,
  * tether_open_pool. The other objects live in poolworker.c, pooltask.c and poolmap.c
@@ -59,7 +59,77 @@ void pool_space_check(pool *p) {
   }
 }
 
+static void close_locked(pool *p);
+static int cancel_all_locked(pool *p);
+
+/* ---- every live pool, for fork() ---------------------------------------------------------- */
+
+static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+static pool *pools;
+
+static void list_add(pool *p) {
+  pthread_mutex_lock(&pools_mu);
+  p->list_next = pools;
+  if (pools) pools->list_prev = p;
+  pools = p;
+  pthread_mutex_unlock(&pools_mu);
+}
+
+static void list_remove(pool *p) {
+  pthread_mutex_lock(&pools_mu);
+  if (p->list_prev) p->list_prev->list_next = p->list_next;
+  else if (pools == p) pools = p->list_next;
+  if (p->list_next) p->list_next->list_prev = p->list_prev;
+  p->list_prev = p->list_next = NULL;
+  pthread_mutex_unlock(&pools_mu);
+}
+
+/* A fork()ed child has none of the workers: each pool there is closed, its queued tasks are
+ * cancelled and the tasks its workers were running fail (without a message), so nothing in
+ * the child waits for a thread that does not exist; no thread is joined or detached. Runs in
+ * the child with the pool's lock held (taken by prepare), and releases it. */
+static void forked_child(pool *p) {
+  p->forked = 1;
+  p->exited = p->started;
+  p->nidle = p->nwaking = 0;
+  for (int i = 0; i < p->size; i++) { /* no thread waits on these here: never signal them */
+    p->w[i].started = p->w[i].idle = p->w[i].waking = 0;
+    pthread_cond_init(&p->w[i].cv, NULL);
+  }
+  close_locked(p);
+  cancel_all_locked(p);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->size; i++) {
+    task *t = p->w[i].current;
+    p->w[i].current = NULL;
+    int s = t ? atomic_load(&t->state) : ST_NEW;
+    if (s != ST_QUEUED && s != ST_RUNNING) continue;
+    copy_init(&t->res); /* whatever the worker was writing is dropped (not freed: it may be torn) */
+    atomic_store(&t->state, ST_FAILED);
+    if (s == ST_RUNNING) atomic_fetch_sub(&p->running, 1);
+    atomic_fetch_add(&p->nfailed, 1);
+    pool_task_ended(t);
+  }
+}
+
+/* See tether.h (fork.c calls it): prepare takes the list lock, then every pool's lock. */
+void tether_pool_fork(int phase) {
+  if (phase == 0) {
+    pthread_mutex_lock(&pools_mu);
+    for (pool *p = pools; p; p = p->list_next) pthread_mutex_lock(&p->mu);
+    return;
+  }
+  for (pool *p = pools; p; p = p->list_next) {
+    if (phase == 2) forked_child(p);
+    else pthread_mutex_unlock(&p->mu);
+  }
+  pthread_mutex_unlock(&pools_mu);
+}
+
+/* ---- the pool ------------------------------------------------------------------------------ */
+
 static void pool_free(pool *p) {
+  list_remove(p);
   for (int i = 0; i < p->size; i++) {
     pthread_cond_destroy(&p->w[i].cv);
     free(p->w[i].cpus);
@@ -140,6 +210,7 @@ static void join_all(pool *p) {
  * with every signal blocked (the mask is set before pthread_create); they run init and
  * announce themselves on ctl_fd (see ready()). */
 static int pool_new(lua_State *L) {
+  tether_reap_pending(); /* a closure with upvalues: core.c's entry does not wrap it */
   lua_Integer size = luaL_checkinteger(L, 1);
   lua_Integer cap = luaL_checkinteger(L, 2);
   luaL_argcheck(L, size >= 1 && size <= 1024, 1, "size must be an integer from 1 to 1024");
@@ -162,6 +233,7 @@ static int pool_new(lua_State *L) {
   atomic_init(&p->refs, 1);
   p->space_fd = p->ctl_fd = -1;
   u->p = p; /* from here, __gc frees whatever is made */
+  list_add(p);
   p->size = (int)size;
   p->cap = (size_t)cap;
   p->lowwater = p->cap / 2;
@@ -208,13 +280,15 @@ static int pool_new(lua_State *L) {
   p->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->ctl_fd < 0) return tether_fail(L, errno);
 
+  tether_pin_library(); /* a collected pool's workers may outlive this lua_State */
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int err = 0;
   for (int i = 0; i < p->size; i++) {
+    atomic_fetch_add(&p->refs, 1); /* the worker's, dropped as it exits */
     err = pthread_create(&p->w[i].th, NULL, pool_worker_main, &p->w[i]);
-    if (err) break;
+    if (err) { atomic_fetch_sub(&p->refs, 1); break; }
     p->w[i].started = 1;
     p->started++;
   }
@@ -390,8 +464,9 @@ static int pool_join(lua_State *L) {
   return 0;
 }
 
-/* __gc: cancels what is queued, stops the workers and joins them. Blocks until running
- * tasks end (a __gc cannot yield); close() first to wait through the waiter instead. */
+/* __gc: cancels what is queued, stops the workers and detaches them; never waits. A worker
+ * running a task finishes it, then exits and lets go of the pool (its reference), so neither
+ * the collector nor lua_close waits for a running task. close() waits instead. */
 static int pool_gc(lua_State *L) {
   pool_ud *u = pool_checkud(L, 1, UV_POOL, POOL_MT);
   pool *p = u->p;
@@ -401,7 +476,14 @@ static int pool_gc(lua_State *L) {
     cancel_all_locked(p);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
-    join_all(p);
+    for (int i = 0; i < p->size; i++)
+      if (p->w[i].started) {
+        pthread_detach(p->w[i].th);
+        p->w[i].started = 0;
+      }
+    p->joined = 1;
+    for (int i = 0; i < p->nefds; i++) close(p->efds[i]);
+    p->nefds = 0;
   }
   u->p = NULL;
   pool_unref(p);

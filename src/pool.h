@@ -48,7 +48,7 @@ struct task {
   batch *b;           /* its map batch, or NULL */
   fnblob *fn;
   atomic_int state;
-  atomic_int refs;    /* its future or batch, and the pool while queued or running */
+  atomic_int refs;    /* its future or batch, and the queue or worker holding it */
   atomic_int efd;     /* written when the task ends; changed under the pool lock */
   int efd_public;     /* handed out by pollfd(): closed, never reused */
   int pin;            /* worker index, or -1 */
@@ -70,17 +70,19 @@ typedef struct worker {
   size_t cpusize;
   char *err;          /* why it could not start (malloc), or NULL */
   int nfns;           /* entries in its function cache */
+  task *current;      /* the task it took and has not finished (pool lock) */
 } worker;
 
 struct pool {
   pthread_mutex_t mu;
-  atomic_int refs;
+  atomic_int refs;    /* the handle, each future and batch, each started worker thread */
   int size;
   worker *w;
   tqueue q;
   size_t queued, cap, lowwater;
   int closing, ready, failed, exited, joined, started;
-  int want_space, want_half, space_readable; /* see space_check */
+  int forked;         /* this is a fork()ed child: the workers are gone (tether_pool_fork) */
+  int want_space, want_half, space_readable; /* see pool_space_check */
   int space_fd, ctl_fd;
   int nidle, nwaking;
   atomic_int running;
@@ -88,6 +90,7 @@ struct pool {
   int efds[EFD_CACHE], nefds; /* Lua thread only */
   char *path, *cpath;
   fnblob *init;
+  pool *list_prev, *list_next; /* every live pool, for fork() (pool.c) */
 };
 
 struct batch {

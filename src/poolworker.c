@@ -2,7 +2,9 @@
  * (libraries, the pool's package paths, init), announces itself on the pool's ctl_fd, then
  * takes one task at a time from its pinned queue or the shared one and runs it in protected
  * mode; results and failures are copied out (copy.c) into the task. Exits once the pool
- * closes and its queues are empty. Every signal is blocked in these threads (pool_new). */
+ * closes and its queues are empty. Every signal is blocked in these threads (pool_new). A
+ * worker holds a reference on its pool: a collected pool detaches its workers, and each
+ * lets go of the pool when its last task has ended. */
 #include "pool.h"
 
 #include <stdio.h>
@@ -196,6 +198,7 @@ void *pool_worker_main(void *arg) {
     pthread_mutex_lock(&p->mu);
     for (;;) {
       task *t = take(p, w);
+      w->current = t;
       if (!t) {
         if (p->closing) break;
         w->idle = 1;
@@ -215,6 +218,7 @@ void *pool_worker_main(void *arg) {
       } /* else cancelled after it was taken: the canceller did the rest */
       pool_task_unref(t);
       pthread_mutex_lock(&p->mu);
+      w->current = NULL;
     }
     pthread_mutex_unlock(&p->mu);
   }
@@ -223,5 +227,6 @@ void *pool_worker_main(void *arg) {
   p->exited++;
   tether_efd_write(p->ctl_fd);
   pthread_mutex_unlock(&p->mu);
+  pool_unref(p); /* last: may free p and w (a collected pool's detached worker) */
   return NULL;
 }

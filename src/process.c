@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -296,6 +297,7 @@ static char **string_list(lua_State *L, int t, const char *field, int *count) {
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
   if (!lua_istable(L, -1)) luaL_error(L, "spawn: %s must be a list", field);
   int list = lua_gettop(L);
+  if (lua_rawlen(L, list) >= (size_t)INT_MAX) luaL_error(L, "spawn: %s is too long", field);
   int n = (int)lua_rawlen(L, list);
   char **v = lua_newuserdatauv(L, sizeof *v * ((size_t)n + 1), 0);
   for (int i = 0; i < n; i++) {
@@ -354,6 +356,7 @@ static int proc_spawn(lua_State *L) {
   lua_getfield(L, 1, "fds");
   if (!lua_istable(L, -1)) return luaL_error(L, "spawn: fds must be a list");
   int fdlist = lua_gettop(L);
+  if (lua_rawlen(L, fdlist) >= (size_t)INT_MAX) return luaL_error(L, "spawn: fds is too long");
   a.nfds = (int)lua_rawlen(L, fdlist);
   a.fds = lua_newuserdatauv(L, sizeof(int) * ((size_t)a.nfds + 1), 0);
   a.max_src_fd = -1;
@@ -398,6 +401,7 @@ static int proc_spawn(lua_State *L) {
     int g = lua_gettop(L);
     if (!lua_istable(L, g)) return luaL_error(L, "spawn: groups must be a list");
     a.set_groups = 1;
+    if (lua_rawlen(L, g) >= (size_t)INT_MAX) return luaL_error(L, "spawn: groups is too long");
     a.ngroups = (int)lua_rawlen(L, g);
     a.groups = lua_newuserdatauv(L, sizeof(gid_t) * ((size_t)a.ngroups + 1), 0);
     for (int i = 0; i < a.ngroups; i++) {

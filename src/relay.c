@@ -32,7 +32,6 @@
  * tables copied: CLONE_VM) per command. docs/internals.md has the numbers. */
 #include "spawn.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -169,16 +168,6 @@ NO_ASAN static int relay_main(void *arg) {
   return 0;
 }
 
-/* Pins this library against dlclose: an intermediate may outlive the lua_State that
- * started it, and runs code from here. */
-static void pin_library(void) {
-  static atomic_int pinned;
-  if (atomic_exchange(&pinned, 1)) return;
-  Dl_info info;
-  if (dladdr((void *)&relay_main, &info) && info.dli_fname)
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
 static void reap_intermediate(struct tether_relay *r) {
   if (r->ireaped) return;
   int st;
@@ -194,7 +183,7 @@ static void relay_free(struct tether_relay *r) {
 }
 
 int tether_relay_spawn(struct child_args *a, tether_relay **out) {
-  pin_library();
+  tether_pin_library(); /* an intermediate may outlive the lua_State that started it */
   struct tether_relay *r;
   if (posix_memalign((void **)&r, 64, sizeof *r) != 0) { errno = ENOMEM; return -1; }
   memset(r, 0, offsetof(struct tether_relay, stacks));
@@ -269,6 +258,9 @@ int tether_relay_try_wait(tether_relay *r, int *status, struct rusage *ru) {
 static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tether_relay *orphans;
 static atomic_int orphan_count;
+/* fork.c holds this lock across fork() (tether.h). */
+void tether_relay_lock(void) { pthread_mutex_lock(&orphans_lock); }
+void tether_relay_unlock(void) { pthread_mutex_unlock(&orphans_lock); }
 
 void tether_relay_release(tether_relay *r) {
   if (!r->ireaped) {

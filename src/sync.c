@@ -9,7 +9,10 @@
  * smaller ones behind it (no starvation), as in Go.
  *
  * The semaphore's own pollfd (made on first use) is readable while try_acquire(1) would
- * succeed: capacity left and nobody queued. */
+ * succeed: capacity left and nobody queued.
+ *
+ * Entry points: tether_open_sync (sem_new, sem_methods, sem_is), tether_sem_test/push/
+ * retain/release (tether.h, for other states and tether.pool's copier). */
 #include "tether.h"
 
 #include <errno.h>
@@ -33,16 +36,58 @@ struct semw {
   struct semw *prev, *next;
 };
 
+/* Every live semaphore, for fork() (tether_sync_fork): a list whose head and lock each
+ * semaphore points to (a module linking its own copy of this file, such as a spec helper,
+ * may free a semaphore made here: it must use this list and this lock, not its own). */
+struct sem_list {
+  pthread_mutex_t mu;
+  tether_sem *head;
+};
+
 struct tether_sem {
   atomic_int refs;
   pthread_mutex_t mu;
   lua_Integer size, cur;
   struct semw *head, *tail;
   int efd, efd_set;          /* the pollfd (-1 until asked for) and whether it is readable */
+  struct sem_list *list;     /* the list it is in, or NULL */
+  tether_sem *lnext, *lprev; /* its neighbours there */
 };
+
+static struct sem_list sems = { PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static void list_add(tether_sem *s) {
+  pthread_mutex_lock(&sems.mu);
+  s->list = &sems;
+  s->lprev = NULL;
+  s->lnext = sems.head;
+  if (sems.head) sems.head->lprev = s;
+  sems.head = s;
+  pthread_mutex_unlock(&sems.mu);
+}
+
+static void list_remove(tether_sem *s) {
+  struct sem_list *l = s->list;
+  if (!l) return;
+  pthread_mutex_lock(&l->mu);
+  if (s->lprev) s->lprev->lnext = s->lnext; else l->head = s->lnext;
+  if (s->lnext) s->lnext->lprev = s->lprev;
+  pthread_mutex_unlock(&l->mu);
+}
+
+/* See tether.h (fork.c calls it): every semaphore's lock is held across fork(). */
+void tether_sync_fork(int phase) {
+  if (phase == 0) pthread_mutex_lock(&sems.mu);
+  for (tether_sem *s = sems.head; s; s = s->lnext) {
+    if (phase == 0) pthread_mutex_lock(&s->mu);
+    else pthread_mutex_unlock(&s->mu);
+  }
+  if (phase != 0) pthread_mutex_unlock(&sems.mu);
+}
 
 static void sem_unref(tether_sem *s) {
   if (atomic_fetch_sub(&s->refs, 1) != 1) return;
+  list_remove(s);
   pthread_mutex_destroy(&s->mu);
   if (s->efd >= 0) close(s->efd);
   free(s);
@@ -324,6 +369,7 @@ static int sync_sem_new(lua_State *L) {
   pthread_mutex_init(&s->mu, NULL);
   s->size = n;
   s->efd = -1;
+  list_add(s);
   tether_sem_push(L, s);
   return 1;
 }

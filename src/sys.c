@@ -8,6 +8,7 @@
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -35,6 +36,7 @@ int tether_poll(struct pollfd *pfd, unsigned long n, int ms) {
   int wfd = tether_reaper_wake_fd();
   if (wfd < 0) return poll(pfd, (nfds_t)n, ms);
   struct pollfd small[16], *all = small;
+  if (n >= SIZE_MAX / sizeof *all - 1) { errno = EINVAL; return -1; }
   if (n + 1 > sizeof small / sizeof small[0]) {
     all = malloc((n + 1) * sizeof *all);
     if (!all) return poll(pfd, (nfds_t)n, ms); /* no memory: reap at the next call */
@@ -92,7 +94,9 @@ static int sys_poll_many(lua_State *L) {
   struct pollfd small[8], *pfd = small;
   luaL_checktype(L, 1, LUA_TTABLE);
   double deadline = luaL_optnumber(L, 2, -1);
-  int n = (int)lua_rawlen(L, 1) / 2;
+  luaL_argcheck(L, deadline == deadline, 2, "deadline is NaN");
+  luaL_argcheck(L, lua_rawlen(L, 1) / 2 < (size_t)INT_MAX, 1, "too many fds");
+  int n = (int)(lua_rawlen(L, 1) / 2);
   if (n > 8) pfd = lua_newuserdatauv(L, sizeof *pfd * (size_t)n, 0);
   for (int i = 0; i < n; i++) {
     lua_rawgeti(L, 1, 2 * i + 1);
@@ -114,25 +118,35 @@ static int sys_poll_many(lua_State *L) {
 static int sys_poll(lua_State *L) {
   struct pollfd p = { .fd = tether_checkfd(L, 1), .events = parse_events(L, 2) };
   double deadline = luaL_optnumber(L, 3, -1);
+  luaL_argcheck(L, deadline == deadline, 3, "deadline is NaN");
   int r = poll_until(&p, 1, deadline);
   if (r < 0) return tether_fail(L, errno);
   lua_pushboolean(L, r > 0);
   return 1;
 }
 
-/* sleep_until(deadline): sleeps on the monotonic clock; signals do not cut it short. */
+/* The latest deadline a timespec holds here: later ones (math.huge) sleep for ever. */
+#define FOREVER 1e15
+
+/* sleep_until(deadline): sleeps on the monotonic clock; signals do not cut it short. A
+ * deadline of math.huge (or any beyond FOREVER seconds) never returns. */
 static int sys_sleep_until(lua_State *L) {
   double deadline = luaL_checknumber(L, 1);
-  struct timespec ts;
-  ts.tv_sec = (time_t)deadline;
-  ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
-  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-  if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+  luaL_argcheck(L, deadline == deadline, 1, "deadline is NaN");
+  if (deadline < 0) deadline = 0;
   if (tether_reaper_on()) { /* reaper mode: a sleep is a wait that reaps (no fds) */
-    poll_until(NULL, 0, deadline);
+    while (poll_until(NULL, 0, deadline) == 0 && deadline >= FOREVER) {}
     return 0;
   }
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
+  struct timespec ts;
+  int forever = !(deadline < FOREVER);
+  ts.tv_sec = forever ? (time_t)FOREVER : (time_t)deadline;
+  ts.tv_nsec = forever ? 0 : (long)((deadline - (double)ts.tv_sec) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+  if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+  do {
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
+  } while (forever);
   tether_reap_orphans();
   return 0;
 }

@@ -35,14 +35,26 @@ int tether_fail(lua_State *L, int err);
 void tether_efd_write(int fd);
 void tether_efd_drain(int fd);
 
+/* fork() from any thread leaves every tether lock usable in the child (fork.c): one
+ * pthread_atfork registration, made by luaopen_tether_core, takes the locks below in this
+ * order (the order tether nests them) before a fork and releases them after, in both. */
+void tether_fork_init(void);
+void tether_relay_lock(void);    /* relay.c's orphan list */
+void tether_relay_unlock(void);
+void tether_pool_fork(int phase); /* pool.c: every pool's lock; phase 0 prepare, 1 parent, 2 child */
+void tether_sync_fork(int phase); /* sync.c: every semaphore's lock (same phases) */
+
 /* The one lock around the process environment (env.c); spawn holds it while
  * a child inherits environ. */
 void tether_env_lock(void);
 void tether_env_unlock(void);
 
 /* Reap processes whose Lua objects were collected without wait (children.c).
- * Cheap when there are none; called from the common entry points. */
+ * Cheap when there are none; called from the common entry points. tether_reap_pending
+ * reaps only those (no reaper step): one atomic load when there are none, called on entry
+ * to every function of tether.core (core.c). */
 void tether_reap_orphans(void);
+void tether_reap_pending(void);
 
 /* Reaper mode (reaper.c). The registry of tether's live children (children.c, children.h):
  * the lock guards it; tether_child_stash (lock held) keeps a reaped child's status for its

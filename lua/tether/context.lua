@@ -470,7 +470,7 @@ local function add_wait_fds(list)
 end
 
 --- ctx:wait([timeout]) -> true when ctx is done, false when timeout seconds
--- ran out first. Without timeout (nil), waits until ctx is done (forever
+-- ran out first, nil, err when the OS refused the wait (poll failed). Without timeout (nil), waits until ctx is done (forever
 -- for a context that can never be done). Blocks through tether's waiter;
 -- signals do not cut it short. Raises naming the argument when timeout is
 -- neither nil nor a number.
@@ -506,7 +506,8 @@ function Context:wait(timeout)
     for i = #list, 1, -1 do list[i] = nil end
     list[1], list[2] = fd, "r"
     add_wait_fds(list)
-    wait.wait_many(list, d)
+    local ok, err = wait.wait_many(list, d)
+    if ok == nil then return nil, err end
   end
 end
 

@@ -75,7 +75,7 @@ end
 
 
 -- wait_pipe(cmd, fd, ev, deadline, ctx) -> true when fd is ready for ev, false at the
--- deadline. Meanwhile services the other I/O of cmd, the command owning the pipe (nil:
+-- deadline, nil, err when the OS refused the wait. Meanwhile services the other I/O of cmd, the command owning the pipe (nil:
 -- a plain wait): a caller reading stdout before wait() must not deadlock on a child
 -- blocked writing stderr or reading stdin.
 function engine.wait_pipe(cmd, fd, ev, deadline, ctx)
@@ -89,7 +89,9 @@ function engine.wait_pipe(cmd, fd, ev, deadline, ctx)
     end
   end
   if #list == 2 then return wait.wait(fd, ev, deadline) end
-  return wait.wait_many(list, deadline) ~= false
+  local i, err = wait.wait_many(list, deadline)
+  if i == nil then return nil, err end
+  return i ~= false
 end
 
 local function exit_error(state)
@@ -190,7 +192,8 @@ local function drive(cmds, deadline, wctx)
     end
     local ready = false
     if #list > 0 then
-      local i = wait.wait_many(list, d)
+      local i, werr = wait.wait_many(list, d)
+      if i == nil then return nil, werr end
       if i and pids[i] then pids[i]._run.exit_seen = true end
       ready = i and i ~= 0
     else require("tether").sleep(d - core.now()) end

@@ -60,7 +60,7 @@ end
 -- (results collected into datas and fails), false when ctx was done first (b is then
 -- cancelled; ops not collected have a nil datas entry). A write that has started is waited
 -- for whatever ctx says: its outcome must be known. batch: wake up after this many
--- completions (nil = each one).
+-- completions (nil = each one). nil, err when the OS refused the wait (b is cancelled).
 local function drive(b, n, ctx, datas, fails, write, batch)
   local fd = b:fd()
   while true do
@@ -71,11 +71,13 @@ local function drive(b, n, ctx, datas, fails, write, batch)
       if not write or started == 0 then return false end
       ctx = nil
     elseif b:arm(batch and min(n - got, batch) or 1) then
+      local ok, err
       if ctx then
-        wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), ctx:deadline())
+        ok, err = wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), ctx:deadline())
       else
-        wait.wait(fd, "r")
+        ok, err = wait.wait(fd, "r")
       end
+      if ok == nil then b:cancel(); return nil, err end -- the OS refused the wait
       b:drain()
     end
   end
@@ -136,9 +138,11 @@ function M.read_files(paths, opts)
   if b == false then bad_path(datas, n) end
   if b == nil then return nil, errors.from_errno("read_files", nil, datas) end
   local fails, errs = {}, {}
-  local complete = n == 0 or drive(b, n, ctx, datas, fails, false, WAKE_EVERY * limit)
+  local complete, werr = true, nil
+  if n > 0 then complete, werr = drive(b, n, ctx, datas, fails, false, WAKE_EVERY * limit) end
   if not complete then b:collect(datas, fails) end
   b:close()
+  if complete == nil then return nil, werr end
   for k = 1, #fails, 3 do
     local i = fails[k]
     errs[i] = errors.from_errno(fails[k + 2], paths[i], fails[k + 1])
@@ -168,8 +172,9 @@ end
 -- one(b, ctx, path, write, op) -> result | nil, err: drives a batch of one op.
 local function one(b, ctx, path, write, op)
   local datas, fails = {}, {}
-  local complete = drive(b, 1, ctx, datas, fails, write)
+  local complete, werr = drive(b, 1, ctx, datas, fails, write)
   b:close()
+  if complete == nil then return nil, werr end
   if fails[1] then return nil, errors.from_errno(fails[3], path, fails[2]) end
   if not complete then return nil, canceled(op, path, ctx:err()) end
   return datas[1]

@@ -11,8 +11,9 @@ local tether = { _VERSION = "tether scm" }
 --- now() -> seconds on tether's monotonic clock (CLOCK_MONOTONIC).
 tether.now = core.now
 
---- sleep(seconds [, ctx]) -> true | nil, err: sleeps this long; signals do not
--- cut it short. With ctx, returns nil, ctx:err() as soon as ctx is done.
+--- sleep(seconds [, ctx]) -> true | nil, err: sleeps this long (math.huge: until ctx is
+-- done, or for ever without ctx); signals do not cut it short. With ctx, returns nil,
+-- ctx:err() as soon as ctx is done (nil, err too when the OS refused the wait).
 -- With a custom waiter, the waiter does the sleeping (it may yield).
 function tether.sleep(seconds, ctx)
   if type(seconds) ~= "number" or seconds ~= seconds then
@@ -32,7 +33,8 @@ function tether.sleep(seconds, ctx)
       if #list == 0 then
         core.sleep_until(d)
       else
-        wait.wait_many(list, d)
+        local ok, err = wait.wait_many(list, d)
+        if ok == nil then return nil, err end
       end
     end
     return nil, ctx:err()
@@ -56,9 +58,12 @@ function tether.executable()
   return nil, require("tether.errors").from_errno("readlink", "/proc/self/exe", errno)
 end
 
---- threads() -> the number of OS threads in this process.
+--- threads() -> the number of OS threads in this process, or nil, err when
+-- /proc/self/task cannot be read.
 function tether.threads()
-  return (assert(core.threads()))
+  local n, errno = core.threads()
+  if n then return n end
+  return nil, require("tether.errors").from_errno("opendir", "/proc/self/task", errno)
 end
 
 -- The lines of a file, or nil.
@@ -270,7 +275,8 @@ function tether.wait_any(list, limit)
       if not d then error("wait_any: nothing to wait for", 2) end
       tether.sleep(math.max(0, d - core.now()))
     else
-      wait.wait_many(pairs_, d)
+      local ok, err = wait.wait_many(pairs_, d)
+      if ok == nil then return nil, err end
     end
   end
 end

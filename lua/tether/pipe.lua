@@ -47,7 +47,9 @@ local function fill(self, deadline, ctx)
     end
     if data == nil then return nil, io_error("read", errno) end
     if ctx and ctx:done() then return nil, ctx:err() end
-    if not wait_pipe(self, fd:getfd(), "r", deadline, ctx) then
+    local ready, werr = wait_pipe(self, fd:getfd(), "r", deadline, ctx)
+    if ready == nil then return nil, werr end
+    if not ready then
       if ctx and ctx:done() then return nil, ctx:err() end
       return false
     end
@@ -130,7 +132,9 @@ function Writer:write(...)
       if not fd then return nil, errors.new { op = "write", msg = "write: file already closed" } end
       local n, errno = fd:write(s, pos)
       if n then pos = pos + n
-      elseif n == false then wait_pipe(self, fd:getfd(), "w", nil)
+      elseif n == false then
+        local ok, werr = wait_pipe(self, fd:getfd(), "w", nil)
+        if ok == nil then return nil, werr end
       else return nil, io_error("write", errno) end
     end
   end

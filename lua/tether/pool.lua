@@ -117,11 +117,13 @@ slow_wait = function(self, limit)
     end
     local fd = self:_efd()
     if fd then
+      local ok, err
       if ctx then
-        wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
+        ok, err = wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
       else
-        wait.wait(fd, "r", deadline)
+        ok, err = wait.wait(fd, "r", deadline)
       end
+      if ok == nil then return nil, err end
     elseif not self:_ended() then
       -- no fd could be made (out of fds): look again soon
       local d = now() + 0.01
@@ -216,13 +218,16 @@ local function affinity_lists(aff, size)
   return out
 end
 
--- Waits (through the waiter) until every worker has exited, then joins them.
+-- Waits (through the waiter) until every worker has exited, then joins them: true | nil,
+-- err when the OS refused the wait (the workers are then left to the pool's finalizer).
 local function join(c)
   while not c:exited() do
-    wait.wait(c:ctl_fd(), "r")
+    local ok, err = wait.wait(c:ctl_fd(), "r")
+    if ok == nil then return nil, err end
     c:drain_ctl()
   end
   c:join()
+  return true
 end
 
 --- pool.new{size=, init=, queue=64, affinity=} -> pool | nil, err.
@@ -274,14 +279,16 @@ function M.new(opts)
       return nil, errors.new { op = "pool.new", msg = "pool.new: " .. tostring(why) }
     end
     if ready == total then break end
-    wait.wait(c:ctl_fd(), "r")
+    local ok, err = wait.wait(c:ctl_fd(), "r")
+    if ok == nil then c:close(); return nil, err end -- collection detaches the workers
     c:drain_ctl()
   end
   return setmetatable({ _c = c, size = size }, Pool)
 end
 
 -- submitted(c, fut, queued, msg, fname, argbase) -> fut, or raises for a
--- refused argument or a closed pool; waits for room when queued is false.
+-- refused argument or a closed pool; waits for room when queued is false (nil, err when
+-- the OS refused that wait).
 local function submitted(c, fut, queued, msg, fname, argbase, try)
   if fut == nil then
     if queued == "closed" then error(format("pool.%s: pool is closed", fname), 3) end
@@ -289,14 +296,15 @@ local function submitted(c, fut, queued, msg, fname, argbase, try)
   end
   while not queued do
     if try then return nil, "full" end
-    wait.wait(c:space_fd(), "r")
+    local ok, err = wait.wait(c:space_fd(), "r")
+    if ok == nil then return nil, err end
     queued = c:push(fut)
     if queued == nil then error(format("pool.%s: pool is closed", fname), 3) end
   end
   return fut
 end
 
---- pool:submit(f, ...) -> future.
+--- pool:submit(f, ...) -> future | nil, err (err only when the OS refused the wait).
 -- Queues the call f(...) for any worker; waits (through the waiter) while
 -- the queue is full. f: a function without upvalues (but _ENV: it sees the
 -- worker's globals) or a "module.function" name, resolved with require in
@@ -369,20 +377,24 @@ function Pool:map(f, list, opts)
     i = nxt
     if i <= n then
       if ctx and ctx:done() then b:cancel(); return nil, ctx:err() end
+      local ok, err
       if ctx then
-        wait.wait_many(wait.add_ctx({ c:space_fd(), "r" }, ctx), ctx:deadline())
+        ok, err = wait.wait_many(wait.add_ctx({ c:space_fd(), "r" }, ctx), ctx:deadline())
       else
-        wait.wait(c:space_fd(), "r")
+        ok, err = wait.wait(c:space_fd(), "r")
       end
+      if ok == nil then b:cancel(); return nil, err end
     end
   end
   while not b:done() do
     if ctx and ctx:done() then b:cancel(); return nil, ctx:err() end
+    local ok, err
     if ctx then
-      wait.wait_many(wait.add_ctx({ b:fd(), "r" }, ctx), ctx:deadline())
+      ok, err = wait.wait_many(wait.add_ctx({ b:fd(), "r" }, ctx), ctx:deadline())
     else
-      wait.wait(b:fd(), "r")
+      ok, err = wait.wait(b:fd(), "r")
     end
+    if ok == nil then b:cancel(); return nil, err end
   end
   local res, idx, st, m, tb, value = b:results(ordered)
   if res then return res end
@@ -400,16 +412,15 @@ function Pool:stats()
   return check_pool(self, "stats"):stats()
 end
 
---- pool:close() -> true. Stops taking tasks, lets the queued ones run,
+--- pool:close() -> true | nil, err. Stops taking tasks, lets the queued ones run,
 -- then waits (through the waiter) until every worker thread has ended and
--- joins them; their lua_States are closed. Idempotent. Garbage collection
--- and Lua 5.4's `<close>` close a pool too (collection cancels what is still
--- queued and blocks until running tasks end, since it cannot yield).
+-- joins them; their lua_States are closed. Idempotent. Lua 5.4's `<close>`
+-- closes a pool too; garbage collection cancels what is still queued and
+-- detaches the workers without waiting (a running task ends on its own).
 function Pool:close()
   local c = check_pool(self, "close")
   c:close()
-  join(c)
-  return true
+  return join(c)
 end
 
 Pool.__close = function(self) self:close() end

@@ -128,7 +128,8 @@ function Process:wait(limit)
       return nil, errors.timeout("wait", tostring(self.pid))
     end
     if fd >= 0 then
-      wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
+      local ok, werr = wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
+      if ok == nil then return nil, werr end
     else -- no pidfd (old kernel): poll with backoff
       require("tether").sleep(backoff)
       backoff = math.min(backoff * 2, 0.05)

@@ -127,7 +127,9 @@ function Channel:recv(limit)
     if ctx and ctx:done() then return nil, ctx:err() end
     local fd, errno = core.signal_fd()
     if not fd then return nil, errors.from_errno("recv", nil, errno) end
-    if wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline) == false then
+    local ready, werr = wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
+    if ready == nil then return nil, werr end -- the OS refused the wait
+    if ready == false then
       pump()
       v = pop(self)
       if v then return v end

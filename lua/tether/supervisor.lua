@@ -459,7 +459,8 @@ function Supervisor:run(ctx)
         deadline = min(deadline, ctx:deadline())
       end
       if #list > 0 then
-        wait.wait_many(list, deadline)
+        local ok, err = wait.wait_many(list, deadline)
+        if ok == nil then self._running = false; return nil, err end
       elseif deadline then
         require("tether").sleep(math.max(0, deadline - now()))
       else

@@ -78,11 +78,13 @@ function Semaphore:acquire(w, limit)
       q:close()
       return nil, errors.timeout("semaphore.acquire")
     end
+    local ok, err
     if ctx then
-      wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
+      ok, err = wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
     else
-      wait.wait(fd, "r", deadline)
+      ok, err = wait.wait(fd, "r", deadline)
     end
+    if ok == nil then q:close(); return nil, err end
   end
 end
 

@@ -6,6 +6,7 @@
 -- Deadlines are absolute seconds on tether.now()'s monotonic clock; nil
 -- means no deadline. A waiter returning early is harmless: callers retry.
 local core = require "tether.core"
+local errors = require "tether.errors"
 
 local M = {}
 
@@ -18,19 +19,22 @@ M.on_close = nil
 M.waiter_many = nil
 
 -- Waits through the custom waiter on a private epoll fd watching every pair in list:
--- the waiter never sees an fd whose life tether does not control.
+-- the waiter never sees an fd whose life tether does not control. true | nil, err (the
+-- epoll fd could not be made: EMFILE, ENOMEM).
 local function custom_wait(list, deadline)
-  local ep, err = core.epoll_set(list)
-  if not ep then error("tether: epoll failed: " .. core.strerror(err)) end
+  local ep, errno = core.epoll_set(list)
+  if not ep then return nil, errors.from_errno("epoll", nil, errno) end
   local fd = ep:getfd()
   -- No pcall around the waiter: it may yield, and Lua 5.1 cannot yield across pcall.
   -- Should it raise, the epoll fd is closed by its finalizer.
   M.waiter(fd, "r", deadline and math.max(0, deadline - core.now()) or nil)
   if M.on_close then M.on_close(fd) end
   ep:close()
+  return true
 end
 
---- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline.
+--- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline,
+-- nil, err when the OS refused the wait (poll or epoll failed: every caller passes it on).
 -- fd is an integer; events "r", "w" or "rw".
 function M.wait(fd, events, deadline)
   if M.waiter_many then -- a waiter that takes the whole list (waiters.ngx): no epoll fd
@@ -38,26 +42,33 @@ function M.wait(fd, events, deadline)
     return not deadline or core.now() < deadline or core.poll(fd, events, 0) == true
   end
   if M.waiter then
-    custom_wait({ fd, events }, deadline)
+    local ok, err = custom_wait({ fd, events }, deadline)
+    if not ok then return nil, err end
     return not deadline or core.now() < deadline or core.poll(fd, events, 0) == true
   end
-  local ok, err = core.poll(fd, events, deadline)
-  if ok == nil then error("tether: poll failed: " .. core.strerror(err)) end
+  local ok, errno = core.poll(fd, events, deadline)
+  if ok == nil then return nil, errors.from_errno("poll", nil, errno) end
   return ok
 end
 
 --- wait_many(list, deadline) -> index of a ready pair (counting pairs from 1), 0 when a
--- custom waiter woke without a ready fd, or false at the deadline.
+-- custom waiter woke without a ready fd, false at the deadline, or nil, err when the OS
+-- refused the wait.
 -- list is {fd1, ev1, fd2, ev2, ...}. A custom waiter takes one fd: it is given an
 -- epoll fd watching them all.
 function M.wait_many(list, deadline)
   local w = M.waiter
   if not w then
-    local i, err = core.poll_many(list, deadline)
-    if i == nil then error("tether: poll failed: " .. core.strerror(err)) end
+    local i, errno = core.poll_many(list, deadline)
+    if i == nil then return nil, errors.from_errno("poll", nil, errno) end
     return i
   end
-  if M.waiter_many then M.waiter_many(list, deadline) else custom_wait(list, deadline) end
+  if M.waiter_many then
+    M.waiter_many(list, deadline)
+  else
+    local ok, err = custom_wait(list, deadline)
+    if not ok then return nil, err end
+  end
   local i = core.poll_many(list, 0)
   if i then return i end
   if deadline and core.now() >= deadline then return false end

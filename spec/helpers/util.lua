@@ -24,6 +24,7 @@
 --   util.wait_gone(pid, s)    poll up to s seconds until not alive
 --   util.tmpname()            a fresh temporary file name (file created)
 --   util.tmpdir()             a fresh temporary directory
+--   util.mkfifo()             a fresh FIFO in a fresh directory (both removed at cleanup)
 --   util.readfile(path)       whole content, or nil
 --   util.writefile(path, s [, mode])
 --   util.sh(cmd)              run cmd with /bin/sh, return stdout, exit code
@@ -235,6 +236,15 @@ end
 function M.tmpdir()
   local out = M.sh("mktemp -d /tmp/tether-spec.XXXXXX")
   return (out:gsub("%s+$", ""))
+end
+
+function M.mkfifo()
+  local dir = M.tmpdir()
+  local path = dir .. "/fifo"
+  M.defer(function() os.remove(path); os.remove(dir) end)
+  local _, code = M.sh("mkfifo " .. shquote(path))
+  assert(code == 0, "mkfifo failed")
+  return path
 end
 
 -- Run `lua -e script` (with LUA_PATH/LUA_CPATH inherited) under `timeout`,
