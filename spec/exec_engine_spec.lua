@@ -418,3 +418,81 @@ describe("signal names", function()
     end
   end)
 end)
+
+describe("buffered pipes", function()
+  -- A Reader over `cat` fed with s.
+  local function reader_of(s)
+    local cmd = util.reap_later(exec.command("cat"))
+    cmd.stdin = s
+    local r = assert(cmd:stdout_pipe())
+    assert.is_true(cmd:start())
+    return r, cmd
+  end
+
+  it("mixes lines(), read(n), read('l') and read('a') in order", function()
+    local parts = {}
+    for i = 1, 3000 do parts[i] = "line " .. i end
+    local text = table.concat(parts, "\n") .. "\nlast without newline"
+    local r, cmd = reader_of(text)
+    local it = r:lines()
+    assert.are.equal("line 1", it())
+    assert.are.equal("line 2", it())
+    assert.are.equal("lin", r:read(3))  -- the lines split ahead go back in front
+    assert.are.equal("e 3", r:read("l"))
+    assert.are.equal("line 4\n", r:read("L"))
+    assert.are.equal("line 5", it())     -- the old iterator goes on where the reads stopped
+    local n = 5
+    for l in r:lines("L") do
+      n = n + 1
+      if n <= 3000 then assert.are.equal("line " .. n .. "\n", l) else assert.are.equal("last without newline", l) end
+      if n == 2000 then break end
+    end
+    assert.are.equal("line 2001", r:read("l"))
+    local rest = r:read("a")
+    assert.are.equal(table.concat(parts, "\n", 2002) .. "\nlast without newline", rest)
+    assert.are.equal("", r:read("a"))
+    assert.is_nil(r:read("l"))
+    assert.is_nil(r:read(5))
+    assert.is_true(cmd:wait())
+  end)
+
+  it("reads a line longer than many chunks whole", function()
+    local long = string.rep("abcdefgh", 100000) -- 800 KB, no newline inside
+    local r, cmd = reader_of(long .. "\nnext\n" .. long)
+    assert.are.equal(long, r:read("l"))
+    local got = {}
+    for l in r:lines() do got[#got + 1] = l end
+    assert.are.equal(2, #got)
+    assert.are.equal("next", got[1])
+    assert.are.equal(long, got[2])
+    assert.is_true(cmd:wait())
+  end)
+
+  it("keeps what a timed-out read had read for the next read", function()
+    local cmd = util.reap_later(exec.command("sh", "-c", "printf 'abc'; sleep 0.5; printf 'def\\nx'"))
+    local r = assert(cmd:stdout_pipe())
+    assert.is_true(cmd:start())
+    local l, err = r:read("l", 0.1)
+    assert.is_nil(l)
+    assert.is_true(errors.is(err, errors.ErrTimeout))
+    local a, aerr = r:read("a", 0.05)
+    assert.is_nil(a)
+    assert.is_true(errors.is(aerr, errors.ErrTimeout))
+    assert.are.equal("abcdef", r:read("l", 10))
+    assert.are.equal("x", r:read("a", 10))
+    assert.is_true(cmd:wait())
+  end)
+
+  it("lines() takes a timeout and raises when it runs out", function()
+    local cmd = util.reap_later(exec.command("sh", "-c", "echo one; sleep 5"))
+    local r = assert(cmd:stdout_pipe())
+    assert.is_true(cmd:start())
+    local it = r:lines("l", 0.3)
+    assert.are.equal("one", it())
+    local ok, err = pcall(it)
+    assert.is_false(ok)
+    assert.is_truthy(tostring(err):find("timeout", 1, true), tostring(err))
+    cmd.process:kill()
+    cmd:wait()
+  end)
+end)

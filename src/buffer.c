@@ -174,6 +174,33 @@ static int buf_free(lua_State *L) {
   return 0;
 }
 
+/* split_lines(s, pos, t [, keep [, max]]) -> n, next: t[1..n] = the complete lines of s
+ * from byte pos on, at most max of them (without their "\n", or with it when keep); next
+ * is the byte after the last "\n" used (pos when n is 0). One memchr and one string per line: the Reader's lines() (pipe.lua)
+ * hands the table out line by line, so no Lua code runs per byte. */
+static int buf_split_lines(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_Integer pos = luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int keep = lua_toboolean(L, 4);
+  lua_Integer max = luaL_optinteger(L, 5, INT32_MAX);
+  luaL_argcheck(L, pos >= 1 && (size_t)pos <= len + 1, 2, "out of range");
+  size_t i = (size_t)pos - 1;
+  int n = 0;
+  while (i < len && n < max) {
+    const char *nl = memchr(s + i, '\n', len - i);
+    if (!nl) break;
+    size_t e = (size_t)(nl - s);
+    lua_pushlstring(L, s + i, e - i + (keep ? 1 : 0));
+    lua_rawseti(L, 3, ++n);
+    i = e + 1;
+  }
+  lua_pushinteger(L, n);
+  lua_pushinteger(L, (lua_Integer)i + 1);
+  return 2;
+}
+
 static const luaL_Reg buf_methods[] = {
   {"read_from", buf_read_from}, {"append", buf_append}, {"result", buf_result},
   {"total", buf_total}, {"truncated", buf_truncated}, {"free", buf_free}, {NULL, NULL},
@@ -189,4 +216,6 @@ void tether_open_buffer(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, buf_new);
   lua_setfield(L, -2, "buffer");
+  lua_pushcfunction(L, buf_split_lines);
+  lua_setfield(L, -2, "split_lines");
 }

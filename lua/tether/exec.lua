@@ -127,15 +127,16 @@ exec._fields = FIELDS
 local function new_cmd(fname, argn0, args, n, fields)
   for i = 1, n do
     local a = args[i]
-    if type(a) == "number" then a = tostring(a); args[i] = a end
-    local where = fields and ("argv[%d]"):format(i) or nil
     if type(a) ~= "string" then
-      argerror(where and argn0 or argn0 + i - 1, fname,
-        (where and where .. ": " or "") .. "string expected, got " .. type(a), 4)
+      if type(a) == "number" then a = tostring(a); args[i] = a
+      else
+        argerror(fields and argn0 or argn0 + i - 1, fname,
+          (fields and ("argv[%d]: "):format(i) or "") .. "string expected, got " .. type(a), 4)
+      end
     end
-    if has_nul(a) then
-      argerror(where and argn0 or argn0 + i - 1, fname,
-        (where and where .. ": " or "") .. (i == 1 and "name contains NUL" or "argument contains NUL"), 4)
+    if find(a, "\0", 1, true) then
+      argerror(fields and argn0 or argn0 + i - 1, fname, (fields and ("argv[%d]: "):format(i) or "")
+        .. (i == 1 and "name contains NUL" or "argument contains NUL"), 4)
     end
   end
   local name = args[1]

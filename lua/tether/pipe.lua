@@ -13,9 +13,13 @@ local engine = require "tether.engine"
 
 local type, tostring, setmetatable, error, select = type, tostring, setmetatable, error, select
 local find, sub, concat = string.find, string.sub, table.concat
+local split_lines = core.split_lines
 
 local CHUNK = 65536      -- bytes per read(2) for line and count reads
 local PIPE_SIZE = 1048576 -- bytes per read(2) for read("a")
+-- Lines lines() splits ahead per C call: few, so that they die young (a long table of
+-- live lines makes every garbage-collector cycle traverse them).
+local BATCH = 64
 
 local M = {}
 
@@ -40,7 +44,9 @@ local function wait_pipe(pipe, fd, ev, deadline, ctx)
 end
 
 -- The buffer: self._buf (a string or nil when empty) and self._pos, the first unread
--- byte in it; self._eof once read(2) said end of file.
+-- byte in it; self._eof once read(2) said end of file. An iterator of lines() splits
+-- the buffer's complete lines ahead into a table of its own; self._flush (set while it
+-- holds some) puts them back in front of the buffer before any other read.
 
 -- fill(self, deadline, ctx) -> true once self._buf holds new bytes or EOF was seen;
 -- false at the deadline; nil, err. Called only with the buffer empty.
@@ -133,8 +139,9 @@ end
 -- to. What was read so far stays buffered for the next read.
 function Reader:read(fmt, limit)
   fmt = fmt or "l"
-  if type(fmt) == "string" then fmt = fmt:gsub("^%*", ""):sub(1, 1) end
+  if type(fmt) == "string" and fmt ~= "l" and fmt ~= "a" then fmt = fmt:gsub("^%*", ""):sub(1, 1) end
   local deadline, ctx = wait.limit(limit)
+  if self._flush then self._flush() end
   if fmt == "l" or fmt == "L" then return read_line(self, fmt == "L", deadline, ctx) end
   if fmt == "a" then return read_all(self, deadline, ctx) end
   if type(fmt) ~= "number" then error("bad argument #1 to 'read' (invalid format)", 2) end
@@ -170,20 +177,43 @@ function Reader:lines(fmt, limit)
   end
   local keep = fmt == "L" or fmt == "*L"
   local deadline, ctx = wait.limit(limit)
-  return function()
-    -- the common case in place: a whole line in the buffer
+  local lines, li, ln = {}, 1, 0 -- lines[li .. ln]: split ahead, not handed out yet
+  local function flush()
+    if li <= ln then
+      local sep = keep and "" or "\n"
+      local s = concat(lines, sep, li, ln) .. sep
+      local buf = self._buf
+      if buf then s = s .. sub(buf, self._pos) end
+      self._buf, self._pos, li, ln = s, 1, 1, 0
+    end
+    if self._flush == flush then self._flush = nil end
+  end
+  if self._flush then self._flush() end
+  -- The next line when none is split ahead: split the buffer's complete lines, else
+  -- read one the general way (long lines, EOF, waiting).
+  local function more()
+    if self._flush ~= flush and self._flush then self._flush() end
     local buf = self._buf
     if buf then
-      local pos = self._pos
-      local nl = find(buf, "\n", pos, true)
-      if nl then
-        if nl == #buf then self._buf = nil else self._pos = nl + 1 end
-        return sub(buf, pos, keep and nl or nl - 1)
+      local n, nxt = split_lines(buf, self._pos, lines, keep, BATCH)
+      if n > 0 then
+        if nxt > #buf then self._buf = nil else self._pos = nxt end
+        li, ln = 2, n
+        self._flush = flush
+        return lines[1]
       end
     end
     local l, err = read_line(self, keep, deadline, ctx)
-    if err then error(tostring(err), 2) end
+    if err then error(tostring(err), 3) end
     return l
+  end
+  return function()
+    if li <= ln then
+      local l = lines[li]
+      li = li + 1
+      return l
+    end
+    return more()
   end
 end
 
@@ -196,6 +226,7 @@ end
 --- reader:pollfd(), events() -> "r", timeout() -> nil: the cqueues pollable protocol.
 function Reader:pollfd() return self._fd and self._fd:getfd() or -1 end
 function Reader:_ready()
+  if self._flush then self._flush() end
   return self._buf ~= nil or self._eof or not self._fd or core.poll(self._fd, "r", 0) == true
 end
 function Reader:events() return "r" end
