@@ -456,6 +456,35 @@ describe("buffered pipes", function()
     assert.is_true(cmd:wait())
   end)
 
+  it("lines() inside a coroutine under a custom waiter that yields", function()
+    -- a waiter that yields to a tiny scheduler, which polls the fd for it
+    tether.set_waiter(function(fd, ev, timeout) coroutine.yield(fd, ev, timeout) end)
+    util.defer(function() tether.set_waiter(nil) end)
+    local parts = {}
+    for i = 1, 2000 do parts[i] = "row " .. i end
+    local cmd = util.reap_later(exec.command("sh", "-c", "sleep 0.1; cat"))
+    cmd.stdin = table.concat(parts, "\n") .. "\n"
+    local r = assert(cmd:stdout_pipe())
+    assert.is_true(cmd:start())
+    local got = {}
+    local co = coroutine.create(function()
+      for l in r:lines() do got[#got + 1] = l end
+      return "done"
+    end)
+    local yields = 0
+    while true do
+      local ok, fd, ev, timeout = coroutine.resume(co)
+      assert.is_true(ok, tostring(fd))
+      if coroutine.status(co) == "dead" then break end
+      yields = yields + 1
+      core.poll(fd, ev, timeout and core.now() + timeout or nil)
+    end
+    assert.is_true(yields > 0)
+    assert.are.same(parts, got)
+    tether.set_waiter(nil)
+    assert.is_true(cmd:wait())
+  end)
+
   it("reads a line longer than many chunks whole", function()
     local long = string.rep("abcdefgh", 100000) -- 800 KB, no newline inside
     local r, cmd = reader_of(long .. "\nnext\n" .. long)

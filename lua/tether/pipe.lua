@@ -13,7 +13,9 @@ local engine = require "tether.engine"
 
 local type, tostring, setmetatable, error, select = type, tostring, setmetatable, error, select
 local find, sub, concat = string.find, string.sub, table.concat
-local split_lines = core.split_lines
+local split_lines, line_iter = core.split_lines, core.line_iter
+-- LuaJIT compiles the Lua iterator; PUC Lua runs the C one faster (see lines()).
+local is_luajit = rawget(_G, "jit") ~= nil
 
 local CHUNK = 65536      -- bytes per read(2) for line and count reads
 local PIPE_SIZE = 1048576 -- bytes per read(2) for read("a")
@@ -189,6 +191,37 @@ function Reader:lines(fmt, limit)
     if self._flush == flush then self._flush = nil end
   end
   if self._flush then self._flush() end
+  -- PUC Lua with tether's own waiter (poll(2): nothing yields): a C iterator that the for
+  -- loop calls directly, falling back to `slow` (Lua) to wait and refill. With a custom
+  -- waiter (cqueues, nginx) a wait may yield, which a C function cannot carry: the Lua
+  -- iterator below. The C iterator owns the buffer between reads; flush gives it back.
+  if not is_luajit and wait.waiter == nil then
+    local iter, token
+    local function cflush()
+      local rest = iter(token)
+      if rest and rest ~= "" then
+        local buf = self._buf
+        self._buf = buf and rest .. sub(buf, self._pos) or rest
+        self._pos = 1
+      end
+      if self._flush == cflush then self._flush = nil end
+    end
+    local function slow()
+      if self._flush and self._flush ~= cflush then self._flush() end
+      local l, err = read_line(self, keep, deadline, ctx)
+      if err then error(tostring(err), 2) end
+      local buf = self._buf
+      if l ~= nil and buf then
+        self._buf = nil
+        self._flush = cflush
+        return l, buf, self._pos
+      end
+      return l
+    end
+    iter, token = line_iter(self, slow, keep)
+    self._flush = cflush
+    return iter
+  end
   -- The next line when none is split ahead: split the buffer's complete lines, else
   -- read one the general way (long lines, EOF, waiting).
   local function more()
