@@ -458,6 +458,10 @@ describe("buffered pipes", function()
   end)
 
   it("lines() inside a coroutine under a custom waiter that yields", function()
+    if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+      pending("Lua 5.1 cannot yield from inside a for loop's iterator")
+      return
+    end
     -- a waiter that yields to a tiny scheduler, which polls the fd for it
     tether.set_waiter(function(fd, ev, timeout) coroutine.yield(fd, ev, timeout) end)
     util.defer(function() tether.set_waiter(nil) end)
