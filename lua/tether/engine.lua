@@ -261,13 +261,6 @@ function engine.wait_pipe(cmd, fd, ev, deadline, ctx)
   return true -- ready, or the command's timer: the caller tries again, we poke again
 end
 
--- bounded(cmd) -> the error that ends a pipe call on cmd now, or nil.
-function engine.bounded(cmd)
-  if not cmd or not cmd._run or cmd._run.finished then return nil end
-  poke(cmd)
-  return bound_err(cmd)
-end
-
 ---------------------------------------------------------------------------
 -- exit status, drive, finish
 
