@@ -223,6 +223,15 @@ local function next_time(c)
   return d
 end
 
+-- engine.next_time(cmd) -> when a started command next needs its wait to look (its
+-- timeout, wait_delay or context deadline), or nil: for loops that poll commands
+-- themselves with cmd:wait(0) (the supervisor).
+function engine.next_time(cmd)
+  local r = cmd._run
+  if not r or r.finished then return nil end
+  return next_time(cmd)
+end
+
 -- bound_err(c) -> the error that ends every read and write on c's pipes: its timeout
 -- ran out, or its context is done (unless cancel = false); nil otherwise.
 local function bound_err(c)
