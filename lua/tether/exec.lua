@@ -448,7 +448,12 @@ function Cmd:start()
   if env == nil and self.dir ~= nil then -- Go 1.19: PWD follows dir when env is inherited
     local perr
     env, perr = with_pwd(self, core.env_list())
-    if not env then self:_close_pipes(); return nil, perr end
+    if not env then
+      close_all(self._child_ends or {})
+      self._child_ends = nil
+      self:_close_pipes()
+      return nil, perr
+    end
   end
   -- A timeout kills the whole tree: the child leads a process group of its own unless the
   -- user chose its group (setpgid, setsid, foreground).
@@ -488,7 +493,7 @@ function Cmd:start()
     return nil, errors.from_errno(op, path, errno, step)
   end
   self.process = new_process(p)
-  engine.begin(self, tasks, pgid == 0 or self.setsid == true)
+  engine.begin(self, tasks, pgid == 0 or (self.setsid and true or false))
   return true
 end
 
