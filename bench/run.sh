@@ -6,7 +6,7 @@
 # Every program runs N operations in one process and prints ONE number on its last stdout line
 # (a rate or a per-op median; see the peers' bench.h). Peers whose toolchain is missing are
 # skipped with a note.
-# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 7 sys nginx (default: all)   env: REPS=3 LUA_BIN=lua5.4
+# Usage: bench/run.sh [CASE...]   CASE: 1 2 3 4 5 6 7 8 9 sys nginx (default: all)   env: REPS=3 LUA_BIN=lua5.4
 # Case 6 reads files made in $BENCH_FILES (default /tmp/tether-bench-files; kept between runs).
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -263,6 +263,24 @@ case7() {
   echo "The second tether row (a future per task) is the same work without batching, for comparison; the target is on pool:map."
 }
 
+# Case 8 (issue 13): pipes and argv through the public API; peers are io.popen and output().
+case8() {
+  reset_rows
+  add "**tether** stdout_pipe():read(\"a\")" "$TL/tether_pipes.lua reada 268435456 3"
+  add "tether cmd:output() (same bytes)" "$TL/tether_pipes.lua output 268435456 3" ">=0.9"
+  run_case 8a "Case 8a: read(\"a\") of 256 MiB (head -c 268435456 /dev/zero), 3 reads/process" "MB/s (1e6 B)" higher 120
+  reset_rows
+  add "**tether** stdout_pipe():lines()" "$TL/tether_pipes.lua lines 1000000 5"
+  add "io.popen(\"seq 1000000\"):lines() (same interpreter)" "$TL/tether_pipes.lua popen 1000000 5" ">=1.0"
+  run_case 8b "Case 8b: lines() over seq 1000000 (1,000,000 lines, median of 5)" "lines/s" higher 120
+  reset_rows
+  add "**tether** exec.command(\"/bin/true\", <100000 args>):run()" "$TL/tether_pipes.lua argv 100000 5"
+  [ $HAVE_PY = 1 ] && add "Python subprocess.run([\"/bin/true\", <100000 args>])" "$PY $HERE/peer_argv.py 100000 5"
+  run_case 8c "Case 8c: a command with 100,000 arguments built and run (median of 5)" "seconds" lower 120
+  local t=${MEDIANS[0]%% *}
+  [ -n "$t" ] && echo && echo "Target: tether under 0.5 s: $t s ($(awk -v t="$t" 'BEGIN{print (t < 0.5) ? "met" : "**MISSED**"}'))."
+}
+
 # Syscalls per spawn: strace -c over N spawns minus the same program with 0 spawns, / N.
 # "parent" traces the spawning process only; "-f" adds the child (its pre-exec work and
 # /bin/true itself, the same for every program).
@@ -297,9 +315,9 @@ casesys() {
 }
 
 facts
-for c in ${@:-1 2 3 4 5 6 7 sys nginx}; do
+for c in ${@:-1 2 3 4 5 6 7 8 9 sys nginx}; do
   case $c in
-    [1-7]) "case$c" ;;
+    [1-9]) "case$c" ;;
     sys) casesys ;;
     nginx) bash "$HERE/nginx.sh" ;; # issue 12: tether inside real nginx
     *) echo "unknown case $c" >&2 ;;

@@ -69,7 +69,7 @@ describe("examples", function()
       "main: received signal SIGTERM: shutting down",
       "main: sending SIGTERM to the worker, grace 2 s",
       "main: worker killed by SIGKILL after",
-      "main: wait returned signal: killed",
+      'main: wait returned exec: "sh -c ', "signal: killed (context canceled)",
       "main: done",
     })
     assert.is_nil(out:find("worker: bye", 1, true))
@@ -83,7 +83,7 @@ describe("examples", function()
       "starting a child with a 1 s timeout and 1 s of grace",
       "child: started, ignoring SIGTERM",
       "deadline passed: sending SIGTERM",
-      "child ended: signal: killed",
+      'child ended: exec: "sh -c ', "signal: killed (context deadline exceeded)",
       "killed by: SIGKILL",
       "context: context deadline exceeded; err is DeadlineExceeded: true",
     })
@@ -149,7 +149,7 @@ describe("examples", function()
       "child: got a token of " .. #secret .. " characters",
       "other child: API_TOKEN=unset DEMO_API_TOKEN=unset",
       "bad env -> exec: cmd.env[1] has no '=' or an empty key",
-      "failing child -> exit status 3; stderr: upstream rejected the request",
+      [[failing child -> exec: "sh -c 'echo \"upstream rejected the request\" >&2; exit 3'": exit status 3: upstream rejected the request]],
       "done",
     })
   end)

@@ -391,6 +391,17 @@ describe("supervisor:run", function()
     assert.are.equal("ENOENT", summary.missing.err.code)
   end)
 
+  it("holds a child's cmd.timeout: the child is killed when it runs out (issue 13)", function()
+    local t0 = tether.now()
+    local s = supervisor.new {
+      { name = "slow", restart = "never",
+        command = function() return exec.command { "sh", "-c", "sleep 20", timeout = 0.3 } end },
+    }
+    local summary = assert(s:run())
+    assert.is_true(tether.now() - t0 < 10, "the timeout did not end the child")
+    assert.is_true(errors.is(summary.slow.err, errors.ErrTimeout), tostring(summary.slow.err))
+  end)
+
   it("raises an error from on_event again, after stopping every child", function()
     local rec = recorder(function(name, event)
       if name == "b" and event == "start" then error("boom from on_event") end

@@ -186,6 +186,104 @@ static int buf_free(lua_State *L) {
   return 0;
 }
 
+/* split_lines(s, pos, t [, keep [, max]]) -> n, next: t[1..n] = the complete lines of s
+ * from byte pos on, at most max of them (without their "\n", or with it when keep); next
+ * is the byte after the last "\n" used (pos when n is 0). One memchr and one string per line: the Reader's lines() (pipe.lua)
+ * hands the table out line by line, so no Lua code runs per byte. */
+static int buf_split_lines(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_Integer pos = luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int keep = lua_toboolean(L, 4);
+  lua_Integer max = luaL_optinteger(L, 5, INT32_MAX);
+  luaL_argcheck(L, pos >= 1 && (size_t)pos <= len + 1, 2, "out of range");
+  size_t i = (size_t)pos - 1;
+  int n = 0;
+  while (i < len && n < max) {
+    const char *nl = memchr(s + i, '\n', len - i);
+    if (!nl) break;
+    size_t e = (size_t)(nl - s);
+    lua_pushlstring(L, s + i, e - i + (keep ? 1 : 0));
+    lua_rawseti(L, 3, ++n);
+    i = e + 1;
+  }
+  lua_pushinteger(L, n);
+  lua_pushinteger(L, (lua_Integer)i + 1);
+  return 2;
+}
+
+/* The line iterator of Reader:lines() on PUC Lua with no custom waiter (pipe.lua): a C
+ * function the generic for calls directly, so a line costs one memchr and one string.
+ * Upvalues: 1 the Reader, 2 slow(reader) -> line, buf, pos (Lua: reads one line the
+ * general way, waiting through tether's waiter, and hands the rest of the buffer over),
+ * 3 the buffer (a string, or nil), 4 the position of its first unread byte, 5 keep (the
+ * lines keep their "\n"). Called with the flush token, it gives the unread rest of its
+ * buffer back (a string or nil) and drops it: other reads of the Reader come first. */
+static char flush_token;
+
+static int line_next(lua_State *L) {
+  if (lua_touserdata(L, 1) == &flush_token) {
+    if (lua_type(L, lua_upvalueindex(3)) == LUA_TSTRING) {
+      size_t len;
+      const char *s = lua_tolstring(L, lua_upvalueindex(3), &len);
+      lua_Integer pos = lua_tointeger(L, lua_upvalueindex(4));
+      lua_pushlstring(L, s + pos - 1, len - (size_t)(pos - 1));
+    } else lua_pushnil(L);
+    lua_pushnil(L);
+    lua_replace(L, lua_upvalueindex(3));
+    return 1;
+  }
+  if (lua_type(L, lua_upvalueindex(3)) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, lua_upvalueindex(3), &len);
+    size_t i = (size_t)lua_tointeger(L, lua_upvalueindex(4)) - 1;
+    const char *nl = i < len ? memchr(s + i, '\n', len - i) : NULL;
+    if (nl) {
+      size_t e = (size_t)(nl - s);
+      lua_pushlstring(L, s + i, e - i + (lua_toboolean(L, lua_upvalueindex(5)) ? 1 : 0));
+      if (e + 1 >= len) { lua_pushnil(L); lua_replace(L, lua_upvalueindex(3)); }
+      else { lua_pushinteger(L, (lua_Integer)e + 2); lua_replace(L, lua_upvalueindex(4)); }
+      return 1;
+    }
+    /* no whole line left: the rest goes back to the Reader, the slow path reads on */
+    lua_pushlstring(L, s + i, len - i);
+    lua_setfield(L, lua_upvalueindex(1), "_buf");
+    lua_pushinteger(L, 1);
+    lua_setfield(L, lua_upvalueindex(1), "_pos");
+    lua_pushnil(L);
+    lua_replace(L, lua_upvalueindex(3));
+    if (i >= len) { lua_pushnil(L); lua_setfield(L, lua_upvalueindex(1), "_buf"); }
+  }
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 1, 3); /* line, buf, pos */
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_pushvalue(L, 2);
+    lua_replace(L, lua_upvalueindex(3));
+    lua_pushvalue(L, 3);
+    lua_replace(L, lua_upvalueindex(4));
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* line_iter(reader, slow, keep) -> iterator, flush_token (see line_next). */
+static int buf_line_iter(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushnil(L);
+  lua_pushinteger(L, 1);
+  lua_pushboolean(L, lua_toboolean(L, 3));
+  lua_pushcclosure(L, line_next, 5);
+  lua_pushlightuserdata(L, &flush_token);
+  return 2;
+}
+
 static const luaL_Reg buf_methods[] = {
   {"read_from", buf_read_from}, {"append", buf_append}, {"result", buf_result},
   {"total", buf_total}, {"truncated", buf_truncated}, {"free", buf_free}, {NULL, NULL},
@@ -201,4 +299,8 @@ void tether_open_buffer(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, buf_new);
   lua_setfield(L, -2, "buffer");
+  lua_pushcfunction(L, buf_split_lines);
+  lua_setfield(L, -2, "split_lines");
+  lua_pushcfunction(L, buf_line_iter);
+  lua_setfield(L, -2, "line_iter");
 }
