@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -195,10 +196,11 @@ static int proc_guard_children(lua_State *L) {
 /* ---- spawn --------------------------------------------------------------------------- */
 
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
-            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP };
+            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP,
+            STEP_PTY };
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp" };
+                                          "tcsetpgrp", "pty" };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -214,6 +216,7 @@ struct child_args {
   pid_t pgid;            /* -1: keep; 0: own group; > 0: join that group */
   int setsid;
   int foreground;        /* make the child's group the foreground group of the tty on fd 0 */
+  int ctty;              /* -1, or a pty slave (parent fd) made the controlling tty (pty.c) */
   int pdeathsig;         /* 0: none */
   pid_t parent_pid;
   int set_uid, set_gid, set_groups;
@@ -275,6 +278,8 @@ NO_ASAN static int child_main(void *arg) {
   }
 
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
+  /* pty: the new session's controlling terminal, before the dup2s renumber fds */
+  if (a->ctty >= 0 && ioctl(a->ctty, TIOCSCTTY, 0) < 0) { step = STEP_PTY; goto fail; }
   if (a->pgid >= 0 && setpgid(0, a->pgid) < 0) { step = STEP_SETPGID; goto fail; }
   if (a->pdeathsig) {
     if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0) { step = STEP_PDEATHSIG; goto fail; }
@@ -375,7 +380,8 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
  * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
- * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
+ * (number), uid, gid, groups (list of gids), ctty (a pty slave fd: the child's controlling
+ * terminal in a new session). The Lua layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -416,6 +422,10 @@ static int proc_spawn(lua_State *L) {
   lua_pop(L, 1);
   lua_getfield(L, 1, "foreground");
   a.foreground = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "ctty"); /* pty.c: the slave to make the controlling tty (implies setsid) */
+  a.ctty = lua_isnil(L, -1) ? -1 : tether_checkfd(L, -1);
+  if (a.ctty >= 0) a.setsid = 1;
   lua_pop(L, 1);
   a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0, 0, 64);
   lua_Integer uid = opt_int_field(L, 1, "uid", -1, 0, 4294967294.0);

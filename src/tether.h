@@ -22,6 +22,7 @@ void tether_open_sync(lua_State *L);
 void tether_open_pool(lua_State *L);
 void tether_open_cpus(lua_State *L);
 void tether_open_copy(lua_State *L);
+void tether_open_pty(lua_State *L);      /* pty.c: pseudo-terminals */
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call. */
