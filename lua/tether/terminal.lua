@@ -1,0 +1,315 @@
+--- tether.terminal: the parent's side of a pseudo-terminal, as cmd:pty() gives it.
+--
+-- A Terminal owns the pty master (O_CLOEXEC, non-blocking) and, until the command
+-- starts, the slave that becomes the child's controlling terminal and stdio
+-- (src/pty.c opens the pair; process.c's child path does setsid + TIOCSCTTY).
+-- Output is buffered here: read, lines and expect consume it; expect searches
+-- the unread output with a Lua pattern, as pexpect does with a regex.
+--
+-- Every blocking call is bounded by its own limit (seconds or a context) and by
+-- the command's: its context (command_context) and its `timeout` (counted from
+-- start), as reads of a command's pipes are. When the command's bound runs out
+-- the command is canceled as wait would cancel it (its cancel function, by
+-- default SIGKILL to its group).
+local core = require "tether.core"
+local errors = require "tether.errors"
+local wait = require "tether.wait"
+
+local type, tostring, setmetatable, error, select = type, tostring, setmetatable, error, select
+local find, sub = string.find, string.sub
+local unpack = table.unpack or unpack -- luacheck: ignore (5.1)
+
+local E = core.errno
+local CHUNK = 65536
+
+local M = {}
+
+local Terminal = {}
+Terminal.__index = Terminal
+Terminal.__name = "tether.Terminal"
+
+-- A window dimension: an integer in 1..65535; raises naming it.
+local function check_dim(v, what, fname, n)
+  if type(v) ~= "number" or v ~= math.floor(v) or v < 1 or v > 65535 then
+    error(("bad argument #%d to '%s' (%s must be an integer in [1, 65535])"):format(n, fname, what), 3)
+  end
+  return v
+end
+
+--- terminal.open([{rows = 24, cols = 80}]) -> Terminal | nil, err.
+-- A new pty pair not yet attached to a command (cmd:pty() calls this).
+function M.open(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #1 to 'pty' (table or nil expected, got " .. type(opts) .. ")", 3)
+  end
+  opts = opts or {}
+  local rows = opts.rows == nil and 24 or check_dim(opts.rows, "rows", "pty", 1)
+  local cols = opts.cols == nil and 80 or check_dim(opts.cols, "cols", "pty", 1)
+  local master, slave = core.pty_open(rows, cols)
+  if not master then return nil, errors.from_errno("open", "/dev/ptmx", slave, "pty") end
+  return setmetatable({ _fd = master, _slave = slave }, Terminal)
+end
+
+local function closed_error(op) return errors.new { op = op, msg = op .. ": terminal already closed" } end
+
+-- The master fd, or nil once closed (by close(), or by output() at the end of its drain).
+local function master(self)
+  local fd = self._fd
+  if fd and fd:getfd() >= 0 then return fd end
+  self._fd = nil
+end
+
+-- What ends the current call: the caller's limit and the command's (its context and
+-- its timeout counted from start). Returns deadline, list of contexts.
+local function bounds(self, limit)
+  local deadline, ctx = wait.limit(limit)
+  local ctxs = {}
+  if ctx then ctxs[1] = ctx end
+  local cmd = self._cmd
+  if cmd then
+    local cctx = cmd.ctx
+    if cctx and not cmd._canceled then
+      ctxs[#ctxs + 1] = cctx
+      local d = cctx:deadline()
+      if d and (not deadline or d < deadline) then deadline = d end
+    end
+    local td = cmd._pty_deadline -- cmd.timeout, set by start
+    if td and not cmd._canceled and (not deadline or td < deadline) then deadline = td end
+  end
+  return deadline, ctxs
+end
+
+-- The command's bound ran out (its context is done or its timeout passed): cancel the
+-- command as wait would, and return the error the call gives.
+local function command_done(self, why)
+  local cmd = self._cmd
+  if cmd and cmd._pty_cancel then cmd:_pty_cancel(why) end
+  return why
+end
+
+-- Has a bound ended? -> the error to return, or nil.
+local function ended(self, deadline, ctxs, op)
+  local cmd = self._cmd
+  for i = 1, #ctxs do
+    local c = ctxs[i]
+    if c:done() then
+      if cmd and c == cmd.ctx then return command_done(self, c:err()) end
+      return c:err()
+    end
+  end
+  if deadline and core.now() >= deadline then
+    if cmd and cmd._pty_deadline and not cmd._canceled and core.now() >= cmd._pty_deadline then
+      return command_done(self, errors.timeout(op, tostring(cmd)))
+    end
+    return errors.timeout(op, cmd and tostring(cmd) or nil)
+  end
+end
+
+-- Reads one chunk into self._pending, or marks EOF (the EIO Linux gives once every slave
+-- fd is closed counts as EOF). Returns true, or nil, err when a bound ended.
+local function fill(self, deadline, ctxs, op)
+  while true do
+    local fd = master(self)
+    if not fd then return nil, closed_error(op) end
+    local data, errno = fd:read(CHUNK)
+    if data == "" or (data == nil and errno == E.EIO) then self._eof = true; return true end
+    if data then
+      local p = self._pending
+      self._pending = p and p .. data or data
+      return true
+    end
+    if data == nil then return nil, errors.from_errno(op, nil, errno) end
+    local err = ended(self, deadline, ctxs, op)
+    if err then return nil, err end
+    local list = { fd:getfd(), "r" }
+    for i = 1, #ctxs do wait.add_ctx(list, ctxs[i]) end
+    wait.wait_many(list, deadline)
+  end
+end
+
+-- Takes the first n bytes of the unread output.
+local function take(self, n)
+  local p = self._pending
+  if n >= #p then self._pending = nil; return p end
+  self._pending = sub(p, n + 1)
+  return sub(p, 1, n)
+end
+
+--- terminal:read([fmt [, timeout | ctx]]) -> data | nil at end of output | nil, err.
+-- fmt: a number n (up to n bytes, as soon as any are there), "a" (everything until
+-- the child's end; "" then), "l" (a line without its "\r\n" or "\n"), "L" (with
+-- it). Default "l". A limit that runs out gives err:is(errors.ErrTimeout) (a
+-- done ctx: its error); what was read stays buffered for the next call.
+function Terminal:read(fmt, limit)
+  fmt = fmt or "l"
+  if type(fmt) == "string" then fmt = fmt:gsub("^%*", ""):sub(1, 1) end
+  if not (type(fmt) == "number" or fmt == "a" or fmt == "l" or fmt == "L") then
+    error("bad argument #1 to 'read' (invalid format)", 2)
+  end
+  local deadline, ctxs = bounds(self, limit)
+  while true do
+    local p = self._pending
+    if type(fmt) == "number" then
+      if fmt <= 0 then return "" end
+      if p then return take(self, fmt) end
+      if self._eof then return nil end
+    elseif fmt == "a" then
+      if self._eof then self._pending = nil; return p or "" end
+    else
+      local nl = p and find(p, "\n", 1, true)
+      if nl then
+        local line = take(self, nl)
+        if fmt == "l" then line = sub(line, 1, (sub(line, -2, -2) == "\r") and -3 or -2) end
+        return line
+      end
+      if self._eof then self._pending = nil; return p end
+    end
+    local ok, err = fill(self, deadline, ctxs, "read")
+    if not ok then return nil, err end
+  end
+end
+
+--- terminal:lines() -> iterator over output lines (without "\r\n"); stops at the
+-- end of output, raises on error.
+function Terminal:lines()
+  return function()
+    local l, err = self:read("l")
+    if err then error(tostring(err), 2) end
+    return l
+  end
+end
+
+--- terminal:expect(pattern [, timeout | ctx]) -> captures | nil, err.
+-- Reads until the Lua pattern matches the unread output, consumes the output up to
+-- the end of the match and returns the pattern's captures (the whole match when it
+-- has none). terminal.before then holds the output before the match and
+-- terminal.match the match. A limit that runs out gives err:is(errors.ErrTimeout),
+-- the end of output an error with err.eof = true; either way err.output holds the
+-- unread output seen so far, which stays unread.
+function Terminal:expect(pattern, limit)
+  if type(pattern) ~= "string" then
+    error("bad argument #1 to 'expect' (string expected, got " .. type(pattern) .. ")", 2)
+  end
+  local deadline, ctxs = bounds(self, limit)
+  while true do
+    local p = self._pending
+    if p then
+      local r = { find(p, pattern) }
+      if r[1] then
+        local s, e = r[1], r[2]
+        self.before, self.match = sub(p, 1, s - 1), sub(p, s, e)
+        take(self, e)
+        if #r > 2 then return unpack(r, 3) end
+        return self.match
+      end
+    end
+    local err
+    if self._eof then
+      err = errors.new { op = "expect", msg = "expect: end of output before " .. ("%q"):format(pattern) }
+      err.eof = true
+    else
+      local ok
+      ok, err = fill(self, deadline, ctxs, "expect")
+      if ok then err = nil end
+    end
+    if err then
+      err.output = self._pending or ""
+      return nil, err
+    end
+  end
+end
+
+--- terminal:write(...) -> true | nil, err. Writes every string fully, as typed at the
+-- terminal: the line discipline echoes it and turns "\3" into SIGINT, "\26" into
+-- SIGTSTP and "\4" at a line's start into end of file for the child.
+function Terminal:write(...)
+  local deadline, ctxs
+  for i = 1, select("#", ...) do
+    local s = select(i, ...)
+    if type(s) == "number" then s = tostring(s) end
+    if type(s) ~= "string" then error("bad argument #" .. i .. " to 'write' (string expected)", 2) end
+    local pos = 1
+    while pos <= #s do
+      local fd = master(self)
+      if not fd then return nil, closed_error("write") end
+      local n, errno = fd:write(s, pos)
+      if n then pos = pos + n
+      elseif n == nil then return nil, errors.from_errno("write", nil, errno)
+      else
+        if not deadline then deadline, ctxs = bounds(self, nil) end
+        local err = ended(self, deadline, ctxs, "write")
+        if err then return nil, err end
+        local list = { fd:getfd(), "w" }
+        for j = 1, #ctxs do wait.add_ctx(list, ctxs[j]) end
+        wait.wait_many(list, deadline)
+      end
+    end
+  end
+  return true
+end
+
+--- terminal:resize(rows, cols) -> true | nil, err. Sets the window size; the child's
+-- foreground process group gets SIGWINCH.
+function Terminal:resize(rows, cols)
+  check_dim(rows, "rows", "resize", 1)
+  check_dim(cols, "cols", "resize", 2)
+  local fd = master(self)
+  if not fd then return nil, closed_error("resize") end
+  local ok, errno = core.pty_resize(fd, rows, cols)
+  if not ok then return nil, errors.from_errno("resize", nil, errno) end
+  return true
+end
+
+--- terminal:size() -> rows, cols | nil, err.
+function Terminal:size()
+  local fd = master(self)
+  if not fd then return nil, closed_error("size") end
+  local rows, cols = core.pty_size(fd)
+  if not rows then return nil, errors.from_errno("size", nil, cols) end
+  return rows, cols
+end
+
+--- terminal:name() -> the path of the terminal's slave ("/dev/pts/3") | nil, err.
+function Terminal:name()
+  local fd = master(self)
+  if not fd then return nil, closed_error("name") end
+  local name, errno = core.pty_name(fd)
+  if not name then return nil, errors.from_errno("name", nil, errno) end
+  return name
+end
+
+--- terminal:close() -> true. Closes the master (and the slave if the command never
+-- started): the child's terminal hangs up, so its session gets SIGHUP. Idempotent.
+function Terminal:close()
+  if self._fd then self._fd:close(); self._fd = nil end
+  self:_close_slave()
+  return true
+end
+
+-- The parent's copy of the slave: closed once the child has it (or never will), so the
+-- child's exit reads as the end of output.
+function Terminal:_close_slave()
+  if self._slave then self._slave:close(); self._slave = nil end
+end
+
+--- terminal:pollfd() -> the master fd (-1 when closed); events() -> "r"; timeout() -> nil:
+-- the pollable protocol (poll, cqueues, tether.wait_any).
+function Terminal:pollfd()
+  local fd = master(self)
+  return fd and fd:getfd() or -1
+end
+function Terminal:_ready()
+  return self._pending ~= nil or self._eof or not master(self) or core.poll(self._fd, "r", 0) == true
+end
+function Terminal:events() return "r" end
+function Terminal:timeout() return nil end
+
+function Terminal:__tostring()
+  local fd = master(self)
+  return fd and ("tether.Terminal (" .. fd:getfd() .. ")") or "tether.Terminal (closed)"
+end
+Terminal.__gc = Terminal.close
+Terminal.__close = Terminal.close
+
+M.Terminal = Terminal
+return M
