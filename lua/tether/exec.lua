@@ -514,6 +514,12 @@ local function validate(self)
   elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
   if self.foreground ~= nil and type(self.foreground) ~= "boolean" then error("exec: cmd.foreground must be a boolean", 3) end
   if self.foreground and pgid == nil then pgid = 0 end -- implies its own group (as Go's Foreground)
+  if self._terminal then -- pty: the child leads a new session, whose group is the pty's foreground group
+    if self.setpgid ~= nil and self.setpgid ~= false and self.setpgid ~= true then
+      error("exec: cmd.setpgid cannot name a group with a pty (the child leads its own session)", 3)
+    end
+    pgid = nil
+  end
   local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
   for _, f in ipairs { "uid", "gid" } do
     local v = self[f]
@@ -616,22 +622,30 @@ function Cmd:start()
     close_all(self._child_ends or {})
     self._child_ends = nil
     self:_close_pipes()
+    if self._terminal then self._terminal:close() end
     return nil, self.ctx:err()
   end
   if self.err then -- lookup failed at construction: release the pipes handed out (as Go)
     close_all(self._child_ends or {})
     self._child_ends = nil
     self:_close_pipes()
+    if self._terminal then self._terminal:close() end
     return nil, self.err
   end
   self._started = true
   local close_after, tasks, shared = {}, {}, {}
   local fds = {}
   local stdio = { self.stdin, self.stdout, self.stderr }
+  local term = self._terminal -- pty: unset stdio goes to its slave
+  if term then
+    if not term._slave then return nil, state_error("exec: pty already closed") end
+    for i = 1, 3 do if stdio[i] == nil then stdio[i] = term._slave end end
+  end
   for i = 1, 3 do
     local fd, err = stdio_fd(self, i, stdio[i], close_after, tasks, shared)
     if not fd then
       close_all(close_after); for _, t in ipairs(tasks) do t.fd:close() end
+      if term then term:close() end
       return nil, err
     end
     fds[i] = fd
@@ -645,14 +659,18 @@ function Cmd:start()
   end
   local p, errno, step = core.spawn {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
-    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
+    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig,
+    foreground = self.foreground and not term, -- a pty's session leader has its foreground already
     uid = self.uid, gid = self.gid, groups = self.groups,
+    ctty = term and term._slave, -- pty: setsid + TIOCSCTTY in the child
   }
   close_all(close_after)
   self._child_ends = nil
+  if term then term:_close_slave() end -- the child's exit must read as EOF on the master
   if not p then
     for _, t in ipairs(tasks) do t.fd:close() end
     self:_close_pipes()
+    if term then term:close() end
     local op, path = "fork/exec", self.path
     if step == "chdir" then op, path = "chdir", self.dir
     elseif step ~= "exec" then op = step end
@@ -660,6 +678,12 @@ function Cmd:start()
   end
   self.process = new_process(p)
   self._tasks = tasks
+  if term then -- pty: the terminal's reads are bounded by cmd.timeout; output() drains it
+    if type(self.timeout) == "number" then self._pty_deadline = core.now() + self.timeout end
+    if self._pty_sink then
+      tasks[#tasks + 1] = { fd = term._fd, kind = "sink", sink = self._pty_sink, ev = "r", eio_eof = true }
+    end
+  end
   return true
 end
 
@@ -691,11 +715,13 @@ function service(task)
   for _ = 1, 16 do -- bounded, so one busy stream cannot starve the others
     if is_buffer(sink) then
       local n, errno = sink:read_from(fd, PIPE_SIZE) -- straight into the buffer, a pipeful at a time
+      if n == nil and errno == E.EIO and task.eio_eof then n = 0 end -- pty master: the child is gone
       if n == 0 then fd:close(); return true end
       if n == false then return false end
       if n == nil then task.err = io_error("read", errno); fd:close(); return true end
     else
       local data, errno = fd:read(CHUNK)
+      if data == nil and errno == E.EIO and task.eio_eof then data = "" end -- pty master: the child is gone
       if data == "" then fd:close(); return true end
       if data == false then return false end
       if data == nil then task.err = io_error("read", errno); fd:close(); return true end
@@ -715,7 +741,7 @@ end
 
 -- The default cmd.cancel: SIGKILL to the process, or to its whole group with setpgid = true.
 local function default_cancel(cmd)
-  if cmd.setpgid == true then return cmd.process:signal_group("SIGKILL") end
+  if cmd.setpgid == true or cmd._terminal then return cmd.process:signal_group("SIGKILL") end
   return cmd.process:kill()
 end
 
@@ -727,6 +753,17 @@ local function on_context_done(c)
   elseif cerr and errors.is(cerr, errors.ErrProcessDone) then -- it had exited already
   else c._ctx_err = errors.wrap(cerr or errors.new { msg = "cancel failed" }, "exec: canceling Cmd") end
   if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
+end
+
+-- pty (terminal.lua): the command's context or timeout ran out while its Terminal was read.
+-- A timeout kills as the context's cancel would; wait then returns `why`.
+function Cmd:_pty_cancel(why)
+  if self._canceled or self._state or not self.process then return end
+  if self.ctx and self.ctx:done() then return on_context_done(self) end
+  self._canceled = true
+  local ok, cerr = default_cancel(self)
+  if ok or (cerr and errors.is(cerr, errors.ErrProcessDone)) then self._ctx_err = why end
+  if self.wait_delay and not self._delay_at then self._delay_at = core.now() + self.wait_delay end
 end
 
 -- wait_delay ran out: kill a process still running, stop waiting for its I/O.
@@ -866,6 +903,21 @@ end
 
 -- Captures stdout (and stderr into `combined`) into tether buffers and runs.
 local function capture(self, combined)
+  if self._terminal and self.stdout == nil and (not combined or self.stderr == nil) then
+    -- pty: the terminal's output, read by wait as a sink (what was read already first)
+    local term = self._terminal
+    local out = core.buffer(self.max_output)
+    if term._pending then out:append(term._pending); term._pending = nil end
+    self._pty_sink = out
+    local ok, err = self:run()
+    self._pty_sink = nil
+    term:close()
+    local data = out:result()
+    self.truncated = out:truncated()
+    out:free()
+    if not ok then return nil, err, data end
+    return data
+  end
   if self.stdout ~= nil then return nil, state_error("exec: Stdout already set") end
   if combined and self.stderr ~= nil then return nil, state_error("exec: Stderr already set") end
   local out = core.buffer(self.max_output)
@@ -924,8 +976,25 @@ function Cmd:stdout_pipe() return make_pipe(self, "stdout") end
 --- cmd:stderr_pipe() -> Reader | nil, err: read it before wait (wait closes it).
 function Cmd:stderr_pipe() return make_pipe(self, "stderr") end
 
+--- cmd:pty([{rows = 24, cols = 80}]) -> Terminal | nil, err. Before start: the child
+-- will run in a new session with a new pseudo-terminal as its controlling terminal,
+-- and as its stdin, stdout and stderr where those are nil. See tether.terminal for the
+-- Terminal (read, write, expect, resize, close). output() and combined_output() then
+-- return what the terminal showed. State errors: "exec: pty after process started",
+-- "exec: pty already set".
+function Cmd:pty(opts)
+  if self._started then return nil, state_error("exec: pty after process started") end
+  if self._terminal then return nil, state_error("exec: pty already set") end
+  local t, err = require("tether.terminal").open(opts)
+  if not t then return nil, err end
+  t._cmd = self
+  self._terminal = t
+  return t
+end
+
 --- <close> (Lua 5.4): a started child still running at scope exit is killed and reaped.
 function Cmd:__close()
+  if self._terminal then self._terminal:close() end
   if self._started and self.process and not self._waited then
     self.process:kill()
     self.process:wait()
