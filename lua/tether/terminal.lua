@@ -65,16 +65,16 @@ local function bounds(self, limit)
   local deadline, ctx = wait.limit(limit)
   local ctxs = {}
   if ctx then ctxs[1] = ctx end
-  local cmd = self._cmd
-  if cmd then
-    local cctx = cmd.ctx
-    if cctx and not cmd._canceled then
+  local run = self._cmd and self._cmd._run -- the command's run record (engine.lua), once started
+  if run and not run.canceled then
+    local cctx = self._cmd.ctx
+    if cctx then
       ctxs[#ctxs + 1] = cctx
       local d = cctx:deadline()
       if d and (not deadline or d < deadline) then deadline = d end
     end
-    local td = cmd._pty_deadline -- cmd.timeout, set by start
-    if td and not cmd._canceled and (not deadline or td < deadline) then deadline = td end
+    local td = run.pty_deadline -- cmd.timeout, from start
+    if td and (not deadline or td < deadline) then deadline = td end
   end
   return deadline, ctxs
 end
@@ -82,8 +82,7 @@ end
 -- The command's bound ran out (its context is done or its timeout passed): cancel the
 -- command as wait would, and return the error the call gives.
 local function command_done(self, why)
-  local cmd = self._cmd
-  if cmd and cmd._pty_cancel then cmd:_pty_cancel(why) end
+  require("tether.engine").cancel(self._cmd, why)
   return why
 end
 
@@ -98,7 +97,8 @@ local function ended(self, deadline, ctxs, op)
     end
   end
   if deadline and core.now() >= deadline then
-    if cmd and cmd._pty_deadline and not cmd._canceled and core.now() >= cmd._pty_deadline then
+    local run = cmd and cmd._run
+    if run and run.pty_deadline and not run.canceled and core.now() >= run.pty_deadline then
       return command_done(self, errors.timeout(op, tostring(cmd)))
     end
     return errors.timeout(op, cmd and tostring(cmd) or nil)
