@@ -54,6 +54,7 @@ build = {
             "src/pgroup.c",
             "src/pool.c",
             "src/process.c",
+            "src/pty.c",
             "src/reaper.c",
             "src/signal.c",
             "src/slab.c",
@@ -80,6 +81,7 @@ build = {
       ["tether.supervisor"] = "lua/tether/supervisor.lua",
       ["tether.sync"] = "lua/tether/sync.lua",
       ["tether.systemd"] = "lua/tether/systemd.lua",
+      ["tether.terminal"] = "lua/tether/terminal.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
    },
    install = {
