@@ -79,6 +79,19 @@ static int pty_size(lua_State *L) {
   return 2;
 }
 
+/* pty_set_echo(fd, on) -> true | nil, errno: the terminal's ECHO flag (tcsetattr; on a
+ * master fd Linux changes the slave's settings, which the line discipline uses). */
+static int pty_set_echo(lua_State *L) {
+  int fd = tether_checkfd(L, 1);
+  int on = lua_toboolean(L, 2);
+  struct termios t;
+  if (tcgetattr(fd, &t) < 0) return tether_fail(L, errno);
+  if (on) t.c_lflag |= ECHO; else t.c_lflag &= ~(tcflag_t)ECHO;
+  if (tcsetattr(fd, TCSANOW, &t) < 0) return tether_fail(L, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* pty_name(master) -> the slave's path ("/dev/pts/3") | nil, errno. */
 static int pty_name(lua_State *L) {
   int fd = tether_checkfd(L, 1);
@@ -91,7 +104,7 @@ static int pty_name(lua_State *L) {
 
 static const luaL_Reg pty_funcs[] = {
   {"pty_open", pty_open}, {"pty_resize", pty_resize}, {"pty_size", pty_size},
-  {"pty_name", pty_name}, {NULL, NULL},
+  {"pty_name", pty_name}, {"pty_set_echo", pty_set_echo}, {NULL, NULL},
 };
 
 void tether_open_pty(lua_State *L) {

@@ -36,8 +36,9 @@ local function check_dim(v, what, fname, n)
   return v
 end
 
---- terminal.open([{rows = 24, cols = 80}]) -> Terminal | nil, err.
--- A new pty pair not yet attached to a command (cmd:pty() calls this).
+--- terminal.open([{rows = 24, cols = 80, echo = true}]) -> Terminal | nil, err.
+-- A new pty pair not yet attached to a command (cmd:pty() calls this). echo = false
+-- turns the terminal's echo of what is written off (as pexpect's echo=False).
 function M.open(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #1 to 'pty' (table or nil expected, got " .. type(opts) .. ")", 3)
@@ -45,8 +46,18 @@ function M.open(opts)
   opts = opts or {}
   local rows = opts.rows == nil and 24 or check_dim(opts.rows, "rows", "pty", 1)
   local cols = opts.cols == nil and 80 or check_dim(opts.cols, "cols", "pty", 1)
+  if opts.echo ~= nil and type(opts.echo) ~= "boolean" then
+    error("bad argument #1 to 'pty' (echo must be a boolean)", 3)
+  end
   local master, slave = core.pty_open(rows, cols)
   if not master then return nil, errors.from_errno("open", "/dev/ptmx", slave, "pty") end
+  if opts.echo == false then
+    local ok, errno = core.pty_set_echo(slave, false)
+    if not ok then
+      master:close(); slave:close()
+      return nil, errors.from_errno("tcsetattr", nil, errno, "pty")
+    end
+  end
   return setmetatable({ _fd = master, _slave = slave }, Terminal)
 end
 
@@ -183,7 +194,7 @@ end
 -- Reads until the Lua pattern matches the unread output, consumes the output up to
 -- the end of the match and returns the pattern's captures (the whole match when it
 -- has none). terminal.before then holds the output before the match and
--- terminal.match the match. A limit that runs out gives err:is(errors.ErrTimeout),
+-- terminal.after (also terminal.match) the match, as in pexpect. A limit that runs out gives err:is(errors.ErrTimeout),
 -- the end of output an error with err.eof = true; either way err.output holds the
 -- unread output seen so far, which stays unread.
 function Terminal:expect(pattern, limit)
@@ -198,6 +209,7 @@ function Terminal:expect(pattern, limit)
       if r[1] then
         local s, e = r[1], r[2]
         self.before, self.match = sub(p, 1, s - 1), sub(p, s, e)
+        self.after = self.match
         take(self, e)
         if #r > 2 then return unpack(r, 3) end
         return self.match
