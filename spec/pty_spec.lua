@@ -233,6 +233,17 @@ describe("cmd:pty()", function()
     term:close()
   end)
 
+  it("feeds a stdin string while the terminal is read", function()
+    local cmd, term = pty_cmd(nil, "sh", "-c", "wc -c; echo done")
+    cmd.stdin = ("x"):rep(200000) -- more than a pipe holds
+    assert(cmd:start())
+    util.reap_later(cmd)
+    assert.are.equal("200000", term:expect("(%d+)\r\n", T))
+    assert(term:expect("done", T))
+    assert(cmd:wait(T))
+    term:close()
+  end)
+
   it("lists lines without their \\r\\n", function()
     local cmd, term = pty_cmd(nil, "printf", "a\\nb\\nc")
     assert(cmd:start())

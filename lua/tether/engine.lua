@@ -79,11 +79,15 @@ end
 -- wait_pipe(cmd, fd, ev, deadline, ctx) -> true when fd is ready for ev, false at the
 -- deadline. Meanwhile services the other I/O of cmd, the command owning the pipe (nil:
 -- a plain wait): a caller reading stdout before wait() must not deadlock on a child
--- blocked writing stderr or reading stdin.
+-- blocked writing stderr or reading stdin. ctx may also be a list of contexts (a
+-- Terminal waits for its caller's and its command's, terminal.lua).
 function engine.wait_pipe(cmd, fd, ev, deadline, ctx)
   local tasks = cmd and cmd._run and cmd._run.tasks
   if not tasks and not ctx then return wait.wait(fd, ev, deadline) end
-  local list = wait.add_ctx({ fd, ev }, ctx)
+  local list = { fd, ev }
+  if ctx and not wait.is_context(ctx) then
+    for _, c in ipairs(ctx) do wait.add_ctx(list, c) end
+  else wait.add_ctx(list, ctx) end
   for _, t in ipairs(tasks or {}) do
     if not t.done then
       if service(t) then t.done = true

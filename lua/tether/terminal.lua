@@ -14,6 +14,7 @@
 local core = require "tether.core"
 local errors = require "tether.errors"
 local wait = require "tether.wait"
+local engine = require "tether.engine"
 
 local type, tostring, setmetatable, error, select = type, tostring, setmetatable, error, select
 local find, sub = string.find, string.sub
@@ -93,7 +94,7 @@ end
 -- The command's bound ran out (its context is done or its timeout passed): cancel the
 -- command as wait would, and return the error the call gives.
 local function command_done(self, why)
-  require("tether.engine").cancel(self._cmd, why)
+  engine.cancel(self._cmd, why)
   return why
 end
 
@@ -132,9 +133,8 @@ local function fill(self, deadline, ctxs, op)
     if data == nil then return nil, errors.from_errno(op, nil, errno) end
     local err = ended(self, deadline, ctxs, op)
     if err then return nil, err end
-    local list = { fd:getfd(), "r" }
-    for i = 1, #ctxs do wait.add_ctx(list, ctxs[i]) end
-    wait.wait_many(list, deadline)
+    -- meanwhile the command's other I/O goes on (a string fed to stdin, sinks)
+    engine.wait_pipe(self._cmd, fd:getfd(), "r", deadline, ctxs)
   end
 end
 
@@ -251,9 +251,7 @@ function Terminal:write(...)
         if not deadline then deadline, ctxs = bounds(self, nil) end
         local err = ended(self, deadline, ctxs, "write")
         if err then return nil, err end
-        local list = { fd:getfd(), "w" }
-        for j = 1, #ctxs do wait.add_ctx(list, ctxs[j]) end
-        wait.wait_many(list, deadline)
+        engine.wait_pipe(self._cmd, fd:getfd(), "w", deadline, ctxs)
       end
     end
   end
