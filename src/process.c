@@ -27,6 +27,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -156,6 +157,33 @@ static int memory_is_shared(void) {
   return v;
 }
 
+/* The child side, after the dup2s: fd `fd` must reach the program in blocking mode (tether
+ * keeps its own pipe ends O_NONBLOCK, and a shared open file description would hand the
+ * flag to the child). A pipe or FIFO is reopened through /proc/self/fd, which gives the
+ * child an open file description of its own (opened O_NONBLOCK so that a pipe without a
+ * writer cannot block the open, then made blocking); anything else, or without /proc,
+ * has the flag cleared in place. Async-signal-safe: fcntl, fstat, open, dup2, close. */
+NO_ASAN static void child_make_blocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || !(fl & O_NONBLOCK)) return;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) {
+    char path[32] = "/proc/self/fd/";
+    char digits[12];
+    int n = 0, len = 14;
+    unsigned v = (unsigned)fd;
+    do { digits[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (n) path[len++] = digits[--n];
+    path[len] = 0;
+    int nf = open(path, (fl & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC);
+    if (nf >= 0) {
+      if (fcntl(nf, F_SETFL, fl & ~O_NONBLOCK) == 0 && dup2(nf, fd) == fd) { close(nf); return; }
+      close(nf);
+    }
+  }
+  fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
 /* The child side. Only async-signal-safe calls; ids are set with raw syscalls so glibc
  * does not try to broadcast them to the parent's threads (which share this memory). */
 NO_ASAN static int child_main(void *arg) {
@@ -216,6 +244,8 @@ NO_ASAN static int child_main(void *arg) {
       step = STEP_DUP2; goto fail;
     }
   }
+  for (int i = 0; i < a->nfds; i++) /* every handed fd in blocking mode (issue 13) */
+    if (a->fds[i] >= 0) child_make_blocking(i);
   /* The terminal on the child's stdin gives its foreground to the child's group. All
    * signals are still blocked here, so SIGTTOU cannot stop a background caller. */
   if (a->foreground && tcsetpgrp(0, getpgrp()) < 0) { step = STEP_TCSETPGRP; goto fail; }

@@ -149,6 +149,15 @@ static int sys_executable(lua_State *L) {
   return 1;
 }
 
+/* getcwd() -> the absolute path of the working directory | nil, errno (exec: the PWD of a
+ * child started with cmd.dir, issue 13). */
+static int sys_getcwd(lua_State *L) {
+  char buf[PATH_MAX + 1];
+  if (!getcwd(buf, sizeof buf)) return tether_fail(L, errno);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 /* threads() -> the number of OS threads of this process (/proc/self/task). */
 static int sys_threads(lua_State *L) {
   DIR *d = opendir("/proc/self/task");
@@ -221,7 +230,7 @@ static const luaL_Reg sys_funcs[] = {
   {"sleep_until", sys_sleep_until}, {"pid", sys_pid}, {"ppid", sys_ppid},
   {"executable", sys_executable}, {"threads", sys_threads},
   {"strerror", sys_strerror}, {"errname", sys_errname}, {"strsignal", sys_strsignal},
-  {"find_executable", sys_find_executable}, {NULL, NULL},
+  {"find_executable", sys_find_executable}, {"getcwd", sys_getcwd}, {NULL, NULL},
 };
 
 void tether_open_sys(lua_State *L) {

@@ -155,7 +155,7 @@ local function cancel(c, err, cause, remove)
       local e, k = err, cause
       local d = x._deadline
       if e ~= DeadlineExceeded and d and t >= d then
-        e, k = DeadlineExceeded, DeadlineExceeded
+        e, k = DeadlineExceeded, x._dcause or DeadlineExceeded
       end
       x._err, x._cause = e, k
       if x._fd then x._fd:notify() end
@@ -186,8 +186,8 @@ local function expire(c)
   while up and up._err == nil and up._deadline and t >= up._deadline do
     top, up = up, up._up
   end
-  cancel(top, DeadlineExceeded, DeadlineExceeded, true)
-  if c._err == nil then cancel(c, DeadlineExceeded, DeadlineExceeded, true) end
+  cancel(top, DeadlineExceeded, top._dcause or DeadlineExceeded, true)
+  if c._err == nil then cancel(c, DeadlineExceeded, c._dcause or DeadlineExceeded, true) end
 end
 
 -- Runs context._checkers (not re-entrantly).
@@ -253,14 +253,17 @@ end
 
 -- A new cancellable context under parent, with deadline (absolute, or nil)
 -- if it is earlier than the parent's. Done at once when the parent is done
--- (with its err and cause) or the deadline has passed.
-local function new_cancellable(parent, name, deadline)
+-- (with its err and cause) or the deadline has passed. dcause: the cause when its own
+-- deadline passes (nil: DeadlineExceeded); a parent's earlier deadline brings the parent's.
+local function new_cancellable(parent, name, deadline, dcause)
   local up = parent._c
   if up then expire(up) end
   local d = up and up._deadline
-  if deadline and (d == nil or deadline < d) then d = deadline end
+  local own = false
+  if deadline and (d == nil or deadline < d) then d, own = deadline, true end
   local c = setmetatable({ _parent = parent, _name = name, _up = up,
     _deadline = d, _children = {}, _afters = {} }, mt)
+  if own and dcause ~= nil then c._dcause = dcause end
   c._c = c
   if up then
     if up._err ~= nil then
@@ -269,7 +272,7 @@ local function new_cancellable(parent, name, deadline)
     end
     up._children[c] = true
   end
-  if d and now() >= d then cancel(c, DeadlineExceeded, DeadlineExceeded, true) end
+  if d and now() >= d then cancel(c, DeadlineExceeded, c._dcause or DeadlineExceeded, true) end
   return c
 end
 
@@ -323,6 +326,31 @@ function M.with_timeout(parent, seconds)
   local t = now() + seconds
   if t == huge then t = nil end
   local c = new_cancellable(parent, "WithDeadline", t)
+  return c, function() cancel(c, Canceled, Canceled, true) end
+end
+
+--- context.with_deadline_cause(parent, t, cause) -> ctx, cancel: with_deadline,
+-- and when the deadline passes, context.cause(ctx) is cause (ctx:err() is still
+-- DeadlineExceeded), as Go's WithDeadlineCause. cancel() gives Canceled as cause; a
+-- parent whose deadline is earlier brings its own cause.
+function M.with_deadline_cause(parent, t, cause)
+  if not is_context(parent) then argerror(1, "with_deadline_cause", expected("context", parent)) end
+  local bad = number_problem(t)
+  if bad then argerror(2, "with_deadline_cause", bad) end
+  if t == huge then t = nil end
+  local c = new_cancellable(parent, "WithDeadline", t, cause)
+  return c, function() cancel(c, Canceled, Canceled, true) end
+end
+
+--- context.with_timeout_cause(parent, seconds, cause) -> ctx, cancel:
+-- with_deadline_cause(parent, tether.now() + seconds, cause), as Go's WithTimeoutCause.
+function M.with_timeout_cause(parent, seconds, cause)
+  if not is_context(parent) then argerror(1, "with_timeout_cause", expected("context", parent)) end
+  local bad = number_problem(seconds)
+  if bad then argerror(2, "with_timeout_cause", bad) end
+  local t = now() + seconds
+  if t == huge then t = nil end
+  local c = new_cancellable(parent, "WithDeadline", t, cause)
   return c, function() cancel(c, Canceled, Canceled, true) end
 end
 

@@ -54,6 +54,7 @@ local function quote(s)
   end)
   return '"' .. s .. '"'
 end
+M._quote = quote -- (internal) exec's messages quote the command the same way
 
 -- strerror(errno) -> the C library's message for errno, in Go's lower
 -- case ("no such file or directory"; a leading capital is lowered when the

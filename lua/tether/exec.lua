@@ -12,8 +12,8 @@ local process = require "tether.process"
 local pipes = require "tether.pipe"
 local engine = require "tether.engine"
 
-local type, tostring, pairs, ipairs, setmetatable, error, select =
-  type, tostring, pairs, ipairs, setmetatable, error, select
+local type, tostring, pairs, ipairs, setmetatable, error, select, rawget =
+  type, tostring, pairs, ipairs, setmetatable, error, select, rawget
 local concat, sort, insert = table.concat, table.sort, table.insert
 local find = string.find
 
@@ -36,8 +36,8 @@ exec.find_process = process.find_process
 ---------------------------------------------------------------------------
 -- helpers
 
-local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+local function argerror(n, fname, msg, level)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
 end
 
 local function has_nul(s) return find(s, "\0", 1, true) ~= nil end
@@ -112,43 +112,103 @@ local Cmd = {}
 Cmd.__index = Cmd
 Cmd.__name = "tether.Cmd"
 
---- command(name, ...) -> Cmd. Never fails: a name without a slash is resolved
--- with look_path now, and a failure waits in cmd.err for start() to return.
--- cmd.args[1] is name (argv[0]); cmd.path the resolved program.
-function exec.command(name, ...)
-  if type(name) ~= "string" then argerror(1, "command", "string expected, got " .. type(name)) end
-  if has_nul(name) then argerror(1, "command", "name contains NUL") end
-  local args = { name }
-  for i = 1, select("#", ...) do
-    local a = select(i, ...)
-    if type(a) == "number" then a = tostring(a) end
-    if type(a) ~= "string" then argerror(i + 1, "command", "string expected, got " .. type(a)) end
-    if has_nul(a) then argerror(i + 1, "command", "argument contains NUL") end
-    args[i + 1] = a
+-- Every Cmd field a user may set, also the keys the table form of command takes. Some
+-- belong to other parts of tether (extra_env, rlimits, umask, cgroup): they are accepted
+-- here and checked where they are used.
+local FIELDS = {}
+for name in ([[path args env dir stdin stdout stderr extra_files setpgid setsid pdeathsig
+  uid gid groups cancel wait_delay timeout extra_env rlimits umask cgroup max_output
+  foreground]]):gmatch("%S+") do FIELDS[name] = true end
+exec._fields = FIELDS
+
+-- new_cmd(fname, argn0, args, n, fields) -> Cmd from argv args[1..n] (numbers become
+-- strings; raises naming the argument: its number argn0 + i - 1, or argv[i] in the table
+-- form), then the table form's fields. Linear in the number of arguments.
+local function new_cmd(fname, argn0, args, n, fields)
+  for i = 1, n do
+    local a = args[i]
+    if type(a) == "number" then a = tostring(a); args[i] = a end
+    local where = fields and ("argv[%d]"):format(i) or nil
+    if type(a) ~= "string" then
+      argerror(where and argn0 or argn0 + i - 1, fname,
+        (where and where .. ": " or "") .. "string expected, got " .. type(a), 4)
+    end
+    if has_nul(a) then
+      argerror(where and argn0 or argn0 + i - 1, fname,
+        (where and where .. ": " or "") .. (i == 1 and "name contains NUL" or "argument contains NUL"), 4)
+    end
   end
+  local name = args[1]
   local cmd = setmetatable({ path = name, args = args }, Cmd)
-  if not find(name, "/", 1, true) then
+  if fields then
+    for k, v in pairs(fields) do
+      if type(k) ~= "number" or k < 1 or k > n or k ~= math.floor(k) then
+        if not FIELDS[k] then
+          argerror(argn0, fname, ("unknown Cmd field %s"):format(type(k) == "string" and ("%q"):format(k) or tostring(k)), 4)
+        end
+        cmd[k] = v
+      end
+    end
+  end
+  if name == "" then
+    cmd.err = errors.new { op = "exec", msg = "exec: no command" } -- as Go, for an empty name
+  elseif cmd.path == name and not find(name, "/", 1, true) then
     local path, err = exec.look_path(name)
     if path then cmd.path = path
     else
       cmd.err = err
       if err.resolved then cmd.path = err.resolved end
     end
+    cmd._looked_up = cmd.path -- tostring prints argv[0] for a path found this way
   end
   return cmd
 end
 
---- command_context(ctx, name, ...) -> Cmd bound to ctx: start fails with ctx's
+-- The argv of the table form: its list part, copied (the table keeps its other keys).
+local function table_argv(t, fname, argn)
+  local n = #t
+  if n == 0 then argerror(argn, fname, "the table form needs the argv in its list part", 4) end
+  local args = {}
+  for i = 1, n do args[i] = t[i] end
+  return args, n
+end
+
+--- command(name, ...) -> Cmd; command{name, args..., field = value, ...} -> Cmd.
+-- Never fails: a name without a slash is resolved with look_path now, and a
+-- failure waits in cmd.err for start() to return ("exec: no command" for "").
+-- cmd.args[1] is name (argv[0]); cmd.path the resolved program. In the table
+-- form the list part is the argv and every other key a Cmd field (`dir`,
+-- `timeout`, `stdin`, ...); an unknown key raises naming it.
+function exec.command(name, ...)
+  if type(name) == "table" and getmetatable(name) == nil and select("#", ...) == 0 then
+    local args, n = table_argv(name, "command", 1)
+    return new_cmd("command", 1, args, n, name)
+  end
+  if type(name) ~= "string" then argerror(1, "command", "string expected, got " .. type(name)) end
+  local n = select("#", ...) + 1
+  return new_cmd("command", 1, { name, ... }, n, nil)
+end
+
+--- command_context(ctx, name, ...) -> Cmd bound to ctx (also command_context(ctx,
+-- {name, args..., field = value})): start fails with ctx's
 -- error when ctx is already done; when ctx becomes done while the command runs,
 -- cmd.cancel(cmd) is called (default: SIGKILL to the process, or to its group
--- with setpgid = true) and wait returns an error that is ctx's error. With
+-- with setpgid = true; cancel = false: nothing) and wait returns an error that is
+-- ctx's error. With
 -- cmd.wait_delay (seconds), a process still running that long after the cancel
 -- is killed, and I/O still open that long after the process exited is closed
--- (wait then returns errors.ErrWaitDelay), as Go 1.20+.
+-- (wait then returns errors.ErrWaitDelay), as Go 1.20+. The context also bounds
+-- every read and write on the command's pipes.
 function exec.command_context(ctx, name, ...)
   if not wait.is_context(ctx) then argerror(1, "command_context", "context expected, got " .. type(ctx)) end
-  if type(name) ~= "string" then argerror(2, "command_context", "string expected, got " .. type(name)) end
-  local cmd = exec.command(name, ...)
+  local cmd
+  if type(name) == "table" and getmetatable(name) == nil and select("#", ...) == 0 then
+    local args, n = table_argv(name, "command_context", 2)
+    cmd = new_cmd("command_context", 2, args, n, name)
+  else
+    if type(name) ~= "string" then argerror(2, "command_context", "string expected, got " .. type(name)) end
+    cmd = new_cmd("command_context", 2, { name, ... }, select("#", ...) + 1, nil)
+  end
   cmd.ctx = ctx
   return cmd
 end
@@ -192,16 +252,60 @@ local function env_list(env)
   return out
 end
 
---- cmd:environ() -> the environment the child gets, as a list {"K=V", ...}.
+-- clean(p) -> the absolute path p without ".", ".." and repeated slashes (Go's
+-- filepath.Clean, lexical: symbolic links are not followed).
+local function clean(p)
+  local out, n = {}, 0
+  for part in p:gmatch("[^/]+") do
+    if part == ".." then if n > 0 then out[n] = nil; n = n - 1 end
+    elseif part ~= "." then n = n + 1; out[n] = part end
+  end
+  return "/" .. concat(out, "/")
+end
+
+-- with_pwd(self, list) -> list | nil, err: the inherited environment `list` with PWD set
+-- to the absolute cmd.dir, as Go 1.19+ does when cmd.env is nil (the last PWD wins).
+local function with_pwd(self, list)
+  local dir = self.dir
+  if dir == nil or dir == "" then return list end
+  if dir:sub(1, 1) ~= "/" then
+    local cwd, errno = core.getcwd()
+    if not cwd then return nil, errors.from_errno("getwd", nil, errno) end
+    dir = cwd .. "/" .. dir
+  end
+  local kv = "PWD=" .. clean(dir)
+  for i = 1, #list do
+    if list[i]:sub(1, 4) == "PWD=" then list[i] = kv; return list end
+  end
+  list[#list + 1] = kv
+  return list
+end
+
+--- cmd:environ() -> the environment the child gets, as a list {"K=V", ...}
+-- (cmd.env, or the inherited one with PWD set to cmd.dir when dir is set).
 function Cmd:environ()
   local l = env_list(self.env)
   if l then return l end
-  return core.env_list()
+  return with_pwd(self, core.env_list()) or core.env_list()
 end
 
+-- A word as a POSIX shell reads it back: as is when it is made of safe characters,
+-- else single-quoted ('' for the empty word).
+local function shell_word(w)
+  w = tostring(w)
+  if w ~= "" and not find(w, "[^%w@%%+=:,./_-]") then return w end
+  return "'" .. w:gsub("'", [['\'']]) .. "'"
+end
+
+--- tostring(cmd) -> the command line, quoted like a shell would need it (a log
+-- line can be pasted into a shell): argv[0] when the name was found in PATH,
+-- else cmd.path, then the arguments.
 function Cmd:__tostring()
-  local parts = { self.path }
-  for i = 2, #(self.args or {}) do parts[#parts + 1] = self.args[i] end
+  local args = self.args or {}
+  local first = self.path
+  if self._looked_up ~= nil and self._looked_up == self.path and args[1] then first = args[1] end
+  local parts = { shell_word(first) }
+  for i = 2, #args do parts[i] = shell_word(args[i]) end
   return concat(parts, " ")
 end
 
@@ -260,7 +364,12 @@ local function validate(self)
   if self.wait_delay ~= nil and (type(self.wait_delay) ~= "number" or self.wait_delay < 0) then
     error("exec: cmd.wait_delay must be a number of seconds", 3)
   end
-  if self.cancel ~= nil and type(self.cancel) ~= "function" then error("exec: cmd.cancel must be a function", 3) end
+  if self.cancel ~= nil and self.cancel ~= false and type(self.cancel) ~= "function" then
+    error("exec: cmd.cancel must be a function or false", 3)
+  end
+  if self.timeout ~= nil and (type(self.timeout) ~= "number" or self.timeout ~= self.timeout or self.timeout <= 0) then
+    error("exec: cmd.timeout must be a positive number of seconds", 3)
+  end
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
@@ -310,7 +419,7 @@ local function stdio_fd(self, i, v, close_after, tasks, shared)
   r:set_nonblock(true)
   r:set_pipe_size(PIPE_SIZE)
   close_after[#close_after + 1] = w
-  tasks[#tasks + 1] = { fd = r, kind = "sink", sink = v, ev = "r" }
+  tasks[#tasks + 1] = { fd = r, kind = "sink", sink = v, ev = "r", name = name }
   shared[v] = w
   return w
 end
@@ -326,7 +435,7 @@ end
 function Cmd:start()
   if self._started then return nil, state_error("exec: already started") end
   local env, pgid, pdeathsig = validate(self)
-  if self.cancel ~= nil and not self.ctx then
+  if self.cancel ~= nil and self.cancel ~= false and not self.ctx then
     return nil, state_error("exec: command with a non-nil Cancel was not created with CommandContext")
   end
   if self.ctx and self.ctx:done() then
@@ -343,6 +452,15 @@ function Cmd:start()
     if self._terminal then self._terminal:close() end
     return nil, self.err
   end
+  if env == nil and self.dir ~= nil then -- Go 1.19: PWD follows dir when env is inherited
+    local perr
+    env, perr = with_pwd(self, core.env_list())
+    if not env then self:_close_pipes(); return nil, perr end
+  end
+  -- A timeout kills the whole tree: the child leads a process group of its own unless the
+  -- user chose its group (setpgid, setsid, foreground).
+  if self.timeout and self.setpgid == nil and not self.setsid and not self.foreground
+    and not self._terminal then pgid = 0 end -- (a pty child leads a session, so its own group)
   self._started = true
   local close_after, tasks, shared = {}, {}, {}
   local fds = {}
@@ -388,15 +506,10 @@ function Cmd:start()
     return nil, errors.from_errno(op, path, errno, step)
   end
   self.process = new_process(p)
-  if term then -- pty: output() drains the terminal as a sink (read as EOF on EIO)
-    if self._pty_sink then
-      tasks[#tasks + 1] = { fd = term._fd, kind = "sink", sink = self._pty_sink, ev = "r", eio_eof = true }
-    end
+  if term and self._pty_sink then -- pty: output() drains the terminal as a sink (EIO is EOF)
+    tasks[#tasks + 1] = { fd = term._fd, kind = "sink", sink = self._pty_sink, ev = "r", eio_eof = true }
   end
-  engine.begin(self, tasks)
-  if term and type(self.timeout) == "number" then -- bounds the Terminal's reads (terminal.lua)
-    self._run.pty_deadline = core.now() + self.timeout
-  end
+  engine.begin(self, tasks, pgid == 0 or self.setsid == true or term ~= nil) -- a pty child leads its session
   return true
 end
 
@@ -422,9 +535,8 @@ end
 function Cmd:wait(limit)
   local serr = check_waitable(self)
   if serr then return nil, serr end
-  local ok, err = drive({ self }, wait.limit(limit))
-  if not ok then return nil, err end
-  return finish(self)
+  local deadline, ctx = wait.limit(limit)
+  return engine.wait(self, deadline, ctx)
 end
 
 --- cmd:run() -> true | nil, err: start then wait.
@@ -460,8 +572,10 @@ local function capture(self, combined)
   elseif self.stderr == nil then
     errbuf = core.buffer(STDERR_KEEP)
     self.stderr = errbuf
+    self._errbuf = errbuf -- the ExitError's message quotes its first line
   end
   local ok, err = self:run()
+  self._errbuf = nil
   local data = out:result()
   self.truncated = out:truncated()
   out:free()
@@ -491,7 +605,11 @@ local function make_pipe(self, which)
   local r, w = core.pipe()
   if not r then return nil, errors.from_errno("pipe", nil, w) end
   local parent, child
-  if which == "stdin" then parent, child = new_writer(w), r else parent, child = new_reader(r), w end
+  if which == "stdin" then parent, child = new_writer(w), r
+  else
+    parent, child = new_reader(r), w
+    r:set_pipe_size(PIPE_SIZE) -- fewer, larger reads (as output()'s pipes)
+  end
   parent._fd:set_nonblock(true)
   parent._cmd = self
   self[field] = child
@@ -539,6 +657,19 @@ end
 ---------------------------------------------------------------------------
 -- pipeline
 
+-- stage_error(e, i) -> a new error wrapping stage i's error e, with its fields, for
+-- pipeline to mark with index and states: e may be a shared sentinel (context.Canceled,
+-- ErrWaitDelay), which must never be modified.
+local STAGE_FIELDS = { "exit_code", "signal", "state", "stderr", "op", "path", "errno", "code", "step", "resolved" }
+local function stage_error(e, i)
+  local w = errors.new { msg = tostring(e), err = e }
+  if errors.is_error(e) then
+    for _, k in ipairs(STAGE_FIELDS) do w[k] = rawget(e, k) end
+  end
+  w.index = i
+  return w
+end
+
 --- pipeline({cmd1, cmd2, ...}) -> list of ProcessStates | nil, err.
 -- Wires cmd[i]'s stdout to cmd[i+1]'s stdin fd to fd (no copying through Lua),
 -- starts every stage, waits for all. pipefail: when any stage fails, err is the
@@ -562,8 +693,7 @@ function exec.pipeline(cmds)
     if not ok then
       close_all(ends)
       for j = 1, i - 1 do cmds[j].process:kill(); cmds[j]:wait() end
-      err.index = i
-      return nil, err
+      return nil, stage_error(err, i)
     end
   end
   close_all(ends)
@@ -573,7 +703,7 @@ function exec.pipeline(cmds)
   for i, c in ipairs(cmds) do
     local fine, e = finish(c)
     states[i] = c.process_state
-    if not fine then failed = e; failed.index = i end
+    if not fine then failed = stage_error(e, i) end
   end
   if failed then failed.states = states; return nil, failed end
   return states

@@ -39,8 +39,8 @@ function ProcessState:success() return self._s.exited and self._s.code == 0 end
 function ProcessState:exited() return self._s.exited end
 --- state:signaled() -> true when a signal ended the process.
 function ProcessState:signaled() return self._s.signal ~= nil end
---- state:signal() -> the name of the signal that ended it ("SIGKILL"), or nil.
-function ProcessState:signal() local s = self._s.signal; return s and (SIG[s] or ("SIG" .. s)) or nil end
+--- state:signal() -> the name of the signal that ended it ("SIGKILL", "SIGRTMIN+1"), or nil.
+function ProcessState:signal() local s = self._s.signal; return s and signame.name(s) or nil end
 --- state:core_dumped() -> true when it dumped core.
 function ProcessState:core_dumped() return self._s.core_dumped == true end
 --- state:pid() -> the process id it had.

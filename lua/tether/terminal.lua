@@ -71,55 +71,20 @@ local function master(self)
   self._fd = nil
 end
 
--- What ends the current call: the caller's limit and the command's (its context and
--- its timeout counted from start). Returns deadline, list of contexts.
-local function bounds(self, limit)
-  local deadline, ctx = wait.limit(limit)
-  local ctxs = {}
-  if ctx then ctxs[1] = ctx end
-  local run = self._cmd and self._cmd._run -- the command's run record (engine.lua), once started
-  if run and not run.canceled then
-    local cctx = self._cmd.ctx
-    if cctx then
-      ctxs[#ctxs + 1] = cctx
-      local d = cctx:deadline()
-      if d and (not deadline or d < deadline) then deadline = d end
-    end
-    local td = run.pty_deadline -- cmd.timeout, from start
-    if td and (not deadline or td < deadline) then deadline = td end
-  end
-  return deadline, ctxs
-end
-
--- The command's bound ran out (its context is done or its timeout passed): cancel the
--- command as wait would, and return the error the call gives.
-local function command_done(self, why)
-  engine.cancel(self._cmd, why)
-  return why
-end
-
--- Has a bound ended? -> the error to return, or nil.
-local function ended(self, deadline, ctxs, op)
-  local cmd = self._cmd
-  for i = 1, #ctxs do
-    local c = ctxs[i]
-    if c:done() then
-      if cmd and c == cmd.ctx then return command_done(self, c:err()) end
-      return c:err()
-    end
-  end
-  if deadline and core.now() >= deadline then
-    local run = cmd and cmd._run
-    if run and run.pty_deadline and not run.canceled and core.now() >= run.pty_deadline then
-      return command_done(self, errors.timeout(op, tostring(cmd)))
-    end
-    return errors.timeout(op, cmd and tostring(cmd) or nil)
-  end
+-- Waits until the master is ready for ev: true, false at the deadline, or nil, err when
+-- ctx or the command's own bound (its context, its timeout) ended the call. The engine
+-- bounds it as it bounds the command's pipes, and services the command's other I/O (a
+-- string fed to stdin, sinks) meanwhile.
+local function wait_io(self, fd, ev, deadline, ctx)
+  local ok, err = engine.wait_pipe(self._cmd, fd:getfd(), ev, deadline, ctx)
+  if ok == nil then return nil, err end
+  if ctx and ctx:done() then return nil, ctx:err() end
+  return ok
 end
 
 -- Reads one chunk into self._pending, or marks EOF (the EIO Linux gives once every slave
--- fd is closed counts as EOF). Returns true, or nil, err when a bound ended.
-local function fill(self, deadline, ctxs, op)
+-- fd is closed counts as EOF). Returns true, or nil, err when a bound ended the wait.
+local function fill(self, deadline, ctx, op)
   while true do
     local fd = master(self)
     if not fd then return nil, closed_error(op) end
@@ -131,10 +96,9 @@ local function fill(self, deadline, ctxs, op)
       return true
     end
     if data == nil then return nil, errors.from_errno(op, nil, errno) end
-    local err = ended(self, deadline, ctxs, op)
-    if err then return nil, err end
-    -- meanwhile the command's other I/O goes on (a string fed to stdin, sinks)
-    engine.wait_pipe(self._cmd, fd:getfd(), "r", deadline, ctxs)
+    local ok, err = wait_io(self, fd, "r", deadline, ctx)
+    if ok == nil then return nil, err end
+    if ok == false then return nil, errors.timeout(op, self._cmd and tostring(self._cmd) or nil) end
   end
 end
 
@@ -157,7 +121,7 @@ function Terminal:read(fmt, limit)
   if not (type(fmt) == "number" or fmt == "a" or fmt == "l" or fmt == "L") then
     error("bad argument #1 to 'read' (invalid format)", 2)
   end
-  local deadline, ctxs = bounds(self, limit)
+  local deadline, ctx = wait.limit(limit)
   while true do
     local p = self._pending
     if type(fmt) == "number" then
@@ -175,7 +139,7 @@ function Terminal:read(fmt, limit)
       end
       if self._eof then self._pending = nil; return p end
     end
-    local ok, err = fill(self, deadline, ctxs, "read")
+    local ok, err = fill(self, deadline, ctx, "read")
     if not ok then return nil, err end
   end
 end
@@ -201,7 +165,7 @@ function Terminal:expect(pattern, limit)
   if type(pattern) ~= "string" then
     error("bad argument #1 to 'expect' (string expected, got " .. type(pattern) .. ")", 2)
   end
-  local deadline, ctxs = bounds(self, limit)
+  local deadline, ctx = wait.limit(limit)
   while true do
     local p = self._pending
     if p then
@@ -221,7 +185,7 @@ function Terminal:expect(pattern, limit)
       err.eof = true
     else
       local ok
-      ok, err = fill(self, deadline, ctxs, "expect")
+      ok, err = fill(self, deadline, ctx, "expect")
       if ok then err = nil end
     end
     if err then
@@ -235,7 +199,6 @@ end
 -- terminal: the line discipline echoes it and turns "\3" into SIGINT, "\26" into
 -- SIGTSTP and "\4" at a line's start into end of file for the child.
 function Terminal:write(...)
-  local deadline, ctxs
   for i = 1, select("#", ...) do
     local s = select(i, ...)
     if type(s) == "number" then s = tostring(s) end
@@ -248,10 +211,8 @@ function Terminal:write(...)
       if n then pos = pos + n
       elseif n == nil then return nil, errors.from_errno("write", nil, errno)
       else
-        if not deadline then deadline, ctxs = bounds(self, nil) end
-        local err = ended(self, deadline, ctxs, "write")
-        if err then return nil, err end
-        engine.wait_pipe(self._cmd, fd:getfd(), "w", deadline, ctxs)
+        local ok, err = wait_io(self, fd, "w", nil, nil)
+        if ok == nil then return nil, err end
       end
     end
   end
