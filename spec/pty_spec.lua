@@ -296,6 +296,12 @@ describe("cmd:pty()", function()
     term:close()
   end)
 
+  it("runs a pty command that has a timeout (its session is its group)", function()
+    local cmd = exec.command { "sh", "-c", "echo hi", timeout = 5 }
+    assert(cmd:pty())
+    assert.are.equal("hi\r\n", assert(cmd:output()))
+  end)
+
   it("is pollable: wait_any returns it once output is there", function()
     local cmd, term = pty_cmd(nil, "sh", "-c", "read x; echo got")
     assert(cmd:start())

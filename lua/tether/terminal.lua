@@ -189,6 +189,8 @@ function Terminal:expect(pattern, limit)
       if ok then err = nil end
     end
     if err then
+      -- a fresh object for the output: err may be shared (a context's sentinel error)
+      if not err.eof then err = errors.wrap(err) end
       err.output = self._pending or ""
       return nil, err
     end
