@@ -84,13 +84,15 @@ end
 
 -- Reads one chunk into self._pending, or marks EOF (the EIO Linux gives once every slave
 -- fd is closed counts as EOF). Returns true, or nil, err when a bound ended the wait.
-local function fill(self, deadline, ctx, op)
+-- With parts (a list), the chunk is appended there instead (read("a"): linear).
+local function fill(self, deadline, ctx, op, parts)
   while true do
     local fd = master(self)
     if not fd then return nil, closed_error(op) end
     local data, errno = fd:read(CHUNK)
     if data == "" or (data == nil and errno == E.EIO) then self._eof = true; return true end
     if data then
+      if parts then parts[#parts + 1] = data; return true end
       local p = self._pending
       self._pending = p and p .. data or data
       return true
@@ -128,8 +130,18 @@ function Terminal:read(fmt, limit)
       if fmt <= 0 then return "" end
       if p then return take(self, fmt) end
       if self._eof then return nil end
-    elseif fmt == "a" then
-      if self._eof then self._pending = nil; return p or "" end
+    elseif fmt == "a" then -- chunks gathered in a list, joined once
+      local parts = { p }
+      self._pending = nil
+      while not self._eof do
+        local ok, err = fill(self, deadline, ctx, "read", parts)
+        if not ok then
+          self._pending = table.concat(parts) -- nothing is lost: it stays unread
+          if self._pending == "" then self._pending = nil end
+          return nil, err
+        end
+      end
+      return table.concat(parts)
     else
       local nl = p and find(p, "\n", 1, true)
       if nl then
