@@ -627,9 +627,10 @@ function Cmd:stdout_pipe() return make_pipe(self, "stdout") end
 --- cmd:stderr_pipe() -> Reader | nil, err: read it before wait (wait closes it).
 function Cmd:stderr_pipe() return make_pipe(self, "stderr") end
 
---- cmd:pty([{rows = 24, cols = 80}]) -> Terminal | nil, err. Before start: the child
--- will run in a new session with a new pseudo-terminal as its controlling terminal,
--- and as its stdin, stdout and stderr where those are nil. See tether.terminal for the
+--- cmd:pty([{rows = 24, cols = 80, echo = true}]) -> Terminal | nil, err. Before start:
+-- the child will run in a new session with a new pseudo-terminal as its controlling
+-- terminal, and as its stdin, stdout and stderr where those are nil (echo = false: the
+-- terminal does not echo what is written). See tether.terminal for the
 -- Terminal (read, write, expect, resize, close). output() and combined_output() then
 -- return what the terminal showed. State errors: "exec: pty after process started",
 -- "exec: pty already set".
