@@ -30,7 +30,8 @@ LDFLAGS += -shared -pthread
 
 # What make test and make demo need, from Debian's packages.
 DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix \
-  nginx libnginx-mod-http-lua curl lua-check cppcheck tini valgrind
+  nginx libnginx-mod-http-lua curl lua-check cppcheck tini valgrind \
+  python3 # spec/pty_spec.lua drives python3 prompts under a pty
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;

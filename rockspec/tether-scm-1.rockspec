@@ -62,6 +62,7 @@ build = {
             "src/pooltask.c",
             "src/poolworker.c",
             "src/process.c",
+            "src/pty.c",
             "src/reaper.c",
             "src/relay.c",
             "src/signal.c",
@@ -92,6 +93,7 @@ build = {
       ["tether.supervisor"] = "lua/tether/supervisor.lua",
       ["tether.sync"] = "lua/tether/sync.lua",
       ["tether.systemd"] = "lua/tether/systemd.lua",
+      ["tether.terminal"] = "lua/tether/terminal.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
    },
    install = {

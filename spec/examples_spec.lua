@@ -187,4 +187,18 @@ describe("examples", function()
       "closed: 0 extra threads left",
     })
   end)
+
+  it("interactive.lua answers a program's prompts through a pty", function()
+    local out, err, code = run_example("interactive.lua", nil, 30)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    assert_lines_in_order(out, {
+      'prompt "Your name? ": answering Ada',
+      'no "Continue?" prompt -> ErrTimeout: true; seen so far: Ada\\r\\nInstall for Ada? [y/N] ',
+      "confirmation prompt for Ada: answering y",
+      "installer says: installed for Ada",
+      "exit status: exit status 0",
+      "after the exit, expect -> end of output: true",
+    })
+  end)
 end)

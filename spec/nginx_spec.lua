@@ -204,6 +204,11 @@ describe("tether in nginx (waiters.ngx)", function()
     end
   end)
 
+  it("answers a program's prompt through a pty inside the worker (tether.waiters.ngx)", function()
+    local body = capture("curl -sS -m 15 " .. q(url .. "/pty") .. " 2>&1")
+    assert.are.equal("pty: hello nginx\n", body, readfile(tmp .. "/error.log") or "")
+  end)
+
   it("leaves the worker's SigCgt and nginx's own processes alone", function()
     assert.is_truthy(seen.alive_after, "the worker died")
     assert.are.equal(seen.workers, seen.workers_after, "the master's children changed")

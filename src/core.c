@@ -66,6 +66,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_copy(L);
   tether_open_hostflag(L);
   tether_open_fdkind(L);
+  tether_open_pty(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   wrap_entries(L);

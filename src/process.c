@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -125,7 +126,7 @@ static int proc_guard_children(lua_State *L) {
 
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp", "relay" };
+                                          "tcsetpgrp", "relay", "pty" };
 
 /* Whether clone(CLONE_VM) really shares memory. It does on Linux; emulators such as
  * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
@@ -217,6 +218,8 @@ NO_ASAN int tether_child_main(void *arg) {
 
   tether_child_reset_signals(a);
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
+  /* pty: the new session's controlling terminal, before the dup2s renumber fds */
+  if (a->ctty >= 0 && ioctl(a->ctty, TIOCSCTTY, 0) < 0) { step = STEP_PTY; goto fail; }
   if (a->pgid >= 0 && setpgid(0, a->pgid) < 0) { step = STEP_SETPGID; goto fail; }
   if (a->dir && chdir(a->dir) < 0) { step = STEP_CHDIR; goto fail; }
 
@@ -358,10 +361,11 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
 
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
- * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig,
- * inherit_signals (keep the dispositions ignored before tether and this thread's mask), sigign
- * (with inherit_signals: a list of more signal numbers the child starts with ignored)
- * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
+ * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
+ * (number), inherit_signals (keep the dispositions ignored before tether and this thread's
+ * mask), sigign (with inherit_signals: a list of more signal numbers the child starts with
+ * ignored), uid, gid, groups (list of gids), ctty (a pty slave fd: the child's controlling
+ * terminal in a new session). The Lua layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -421,6 +425,10 @@ static int proc_spawn(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  lua_getfield(L, 1, "ctty"); /* pty.c: the slave to make the controlling tty (implies setsid) */
+  a.ctty = lua_isnil(L, -1) ? -1 : tether_checkfd(L, -1);
+  if (a.ctty >= 0) a.setsid = 1;
+  lua_pop(L, 1);
   a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0, 0, 64);
   lua_Integer uid = opt_int_field(L, 1, "uid", -1, 0, 4294967294.0);
   lua_Integer gid = opt_int_field(L, 1, "gid", -1, 0, 4294967294.0);

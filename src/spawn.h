@@ -30,7 +30,7 @@
 /* Which step of the child setup failed (err.step in Lua: step_names in process.c). */
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
             STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP,
-            STEP_RELAY };
+            STEP_RELAY, STEP_PTY };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -46,6 +46,7 @@ struct child_args {
   pid_t pgid;            /* -1: keep; 0: own group; > 0: join that group */
   int setsid;
   int foreground;        /* make the child's group the foreground group of the tty on fd 0 */
+  int ctty;              /* -1, or a pty slave (parent fd) made the controlling tty (pty.c) */
   int pdeathsig;         /* 0: none */
   pid_t parent_pid;      /* the parent's pid, to see whether it died before pdeathsig was set */
   int set_uid, set_gid, set_groups;

@@ -25,6 +25,7 @@ void tether_open_cpus(lua_State *L);
 void tether_open_copy(lua_State *L);
 void tether_open_hostflag(lua_State *L); /* issue 12 */
 void tether_open_fdkind(lua_State *L);
+void tether_open_pty(lua_State *L);      /* pty.c: pseudo-terminals */
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call (util.c). */

@@ -54,4 +54,25 @@ function M.thread()
   end
 end
 
+-- GET /pty: answers a program's prompt through a pseudo-terminal (cmd:pty()); expect
+-- waits through tether.waiters.ngx like every other tether wait.
+function M.pty()
+  tether.set_waiter(tether.waiters.ngx)
+  local cmd = exec.command("sh", "-c", "printf 'name? '; read name; echo \"hello $name\"")
+  local term = assert(cmd:pty())
+  local ok, err = cmd:start()
+  if ok then ok, err = term:expect("name%? ", 5) end
+  if ok then ok, err = term:write("nginx\n") end
+  local who
+  if ok then who, err = term:expect("hello (%a+)", 5) end
+  term:close()
+  local state = cmd.process and cmd:wait(5)
+  if not who then
+    ngx.status = 500
+    ngx.say("pty failed: ", tostring(err))
+    return
+  end
+  ngx.say("pty: hello ", who, state and "" or " (the shell did not exit cleanly)")
+end
+
 return M

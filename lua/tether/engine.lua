@@ -86,11 +86,13 @@ local function service(task)
   for _ = 1, 16 do -- bounded, so one busy stream cannot starve the others
     if is_buffer(sink) then
       local n, errno = sink:read_from(fd, PIPE_SIZE) -- straight into the buffer, a pipeful at a time
+      if n == nil and errno == E.EIO and task.eio_eof then n = 0 end -- pty master: the child is gone
       if n == 0 then fd:close(); return true end
       if n == false then return false end
       if n == nil then task.err = io_error("read", errno); fd:close(); return true end
     else
       local data, errno = fd:read(CHUNK)
+      if data == nil and errno == E.EIO and task.eio_eof then data = "" end -- pty master: the child is gone
       if data == "" then fd:close(); return true end
       if data == false then return false end
       if data == nil then task.err = io_error("read", errno); fd:close(); return true end

@@ -341,6 +341,12 @@ local function validate(self)
   elseif inherit ~= nil and type(inherit) ~= "boolean" then
     error("exec: cmd.inherit_signals must be a boolean or a list of signals", 3)
   end
+  if self._terminal then -- pty: the child leads a new session, whose group is the pty's foreground group
+    if self.setpgid ~= nil and self.setpgid ~= false and self.setpgid ~= true then
+      error("exec: cmd.setpgid cannot name a group with a pty (the child leads its own session)", 3)
+    end
+    pgid = nil
+  end
   local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
   for _, f in ipairs { "uid", "gid" } do
     local v = self[f]
@@ -448,12 +454,14 @@ function Cmd:start()
     close_all(self._child_ends or {})
     self._child_ends = nil
     self:_close_pipes()
+    if self._terminal then self._terminal:close() end
     return nil, self.ctx:err()
   end
   if self.err then -- lookup failed at construction: release the pipes handed out (as Go)
     close_all(self._child_ends or {})
     self._child_ends = nil
     self:_close_pipes()
+    if self._terminal then self._terminal:close() end
     return nil, self.err
   end
   if env == nil and self.dir ~= nil then -- Go 1.19: PWD follows dir when env is inherited
@@ -468,15 +476,22 @@ function Cmd:start()
   end
   -- A timeout kills the whole tree: the child leads a process group of its own unless the
   -- user chose its group (setpgid, setsid, foreground).
-  if self.timeout and self.setpgid == nil and not self.setsid and not self.foreground then pgid = 0 end
+  if self.timeout and self.setpgid == nil and not self.setsid and not self.foreground
+    and not self._terminal then pgid = 0 end -- (a pty child leads a session, so its own group)
   self._started = true
   local close_after, tasks, shared = {}, {}, {}
   local fds = {}
   local stdio = { self.stdin, self.stdout, self.stderr }
+  local term = self._terminal -- pty: unset stdio goes to its slave
+  if term then
+    if not term._slave then return nil, state_error("exec: pty already closed") end
+    for i = 1, 3 do if stdio[i] == nil then stdio[i] = term._slave end end
+  end
   for i = 1, 3 do
     local fd, err = stdio_fd(self, i, stdio[i], close_after, tasks, shared)
     if not fd then
       close_all(close_after); for _, t in ipairs(tasks) do t.fd:close() end
+      if term then term:close() end
       return nil, err
     end
     fds[i] = fd
@@ -490,22 +505,29 @@ function Cmd:start()
   end
   local p, errno, step = core.spawn {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
-    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
+    pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig,
+    foreground = self.foreground and not term, -- a pty's session leader has its foreground already
     uid = self.uid, gid = self.gid, groups = self.groups,
     inherit_signals = inherit, sigign = sigign, -- issue 14: tini's child signal state
+    ctty = term and term._slave, -- pty: setsid + TIOCSCTTY in the child
   }
   close_all(close_after)
   self._child_ends = nil
+  if term then term:_close_slave() end -- the child's exit must read as EOF on the master
   if not p then
     for _, t in ipairs(tasks) do t.fd:close() end
     self:_close_pipes()
+    if term then term:close() end
     local op, path = "fork/exec", self.path
     if step == "chdir" then op, path = "chdir", self.dir
     elseif step ~= "exec" then op = step end
     return nil, errors.from_errno(op, path, errno, step)
   end
   self.process = new_process(p)
-  engine.begin(self, tasks, pgid == 0 or (self.setsid and true or false))
+  if term and self._pty_sink then -- pty: output() drains the terminal as a sink (EIO is EOF)
+    tasks[#tasks + 1] = { fd = term._fd, kind = "sink", sink = self._pty_sink, ev = "r", eio_eof = true }
+  end
+  engine.begin(self, tasks, pgid == 0 or self.setsid == true or term ~= nil) -- a pty child leads its session
   if exec._on_start then exec._on_start(self) end -- tether.ngx: ties it to its request (issue 12)
   return true
 end
@@ -566,6 +588,21 @@ end
 
 -- Captures stdout (and stderr into `combined`) into tether buffers and runs.
 local function capture(self, combined)
+  if self._terminal and self.stdout == nil and (not combined or self.stderr == nil) then
+    -- pty: the terminal's output, read by wait as a sink (what was read already first)
+    local term = self._terminal
+    local out = core.buffer(self.max_output)
+    if term._pending then out:append(term._pending); term._pending = nil end
+    self._pty_sink = out
+    local ok, err = self:run()
+    self._pty_sink = nil
+    term:close()
+    local data = out:result()
+    self.truncated = out:truncated()
+    out:free()
+    if not ok then return nil, err, data end
+    return data
+  end
   if self.stdout ~= nil then return nil, state_error("exec: Stdout already set") end
   if combined and self.stderr ~= nil then return nil, state_error("exec: Stderr already set") end
   local out = core.buffer(self.max_output)
@@ -630,8 +667,26 @@ function Cmd:stdout_pipe() return make_pipe(self, "stdout") end
 --- cmd:stderr_pipe() -> Reader | nil, err: read it before wait (wait closes it).
 function Cmd:stderr_pipe() return make_pipe(self, "stderr") end
 
+--- cmd:pty([{rows = 24, cols = 80, echo = true}]) -> Terminal | nil, err. Before start:
+-- the child will run in a new session with a new pseudo-terminal as its controlling
+-- terminal, and as its stdin, stdout and stderr where those are nil (echo = false: the
+-- terminal does not echo what is written). See tether.terminal for the
+-- Terminal (read, write, expect, resize, close). output() and combined_output() then
+-- return what the terminal showed. State errors: "exec: pty after process started",
+-- "exec: pty already set".
+function Cmd:pty(opts)
+  if self._started then return nil, state_error("exec: pty after process started") end
+  if self._terminal then return nil, state_error("exec: pty already set") end
+  local t, err = require("tether.terminal").open(opts)
+  if not t then return nil, err end
+  t._cmd = self
+  self._terminal = t
+  return t
+end
+
 --- <close> (Lua 5.4): a started child still running at scope exit is killed and reaped.
 function Cmd:__close()
+  if self._terminal then self._terminal:close() end
   if self._started and self.process and not self._waited then
     self.process:kill()
     self.process:wait()
