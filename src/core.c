@@ -37,6 +37,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_pool(L);
   tether_open_cpus(L);
   tether_open_copy(L);
+  tether_open_cgroup(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   return 1;

@@ -195,10 +195,11 @@ static int proc_guard_children(lua_State *L) {
 /* ---- spawn --------------------------------------------------------------------------- */
 
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
-            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP };
+            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP,
+            STEP_CGROUP };
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp" };
+                                          "tcsetpgrp", "cgroup" };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -222,6 +223,7 @@ struct child_args {
   gid_t *groups;
   int ngroups;
   int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
+  int cgroup_procs;      /* -1, or an open cgroup.procs the child writes itself to (cgroup.c) */
   volatile int err;
   volatile int step;
 };
@@ -274,6 +276,8 @@ NO_ASAN static int child_main(void *arg) {
     }
   }
 
+  /* containment: into its own cgroup first, so nothing the command does runs outside */
+  if (a->cgroup_procs >= 0 && tether_cgroup_enter(a->cgroup_procs) < 0) { step = STEP_CGROUP; goto fail; }
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
   if (a->pgid >= 0 && setpgid(0, a->pgid) < 0) { step = STEP_SETPGID; goto fail; }
   if (a->pdeathsig) {
@@ -372,10 +376,15 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
   return (lua_Integer)d;
 }
 
+/* clone3 with CLONE_INTO_CGROUP works here until it failed as unsupported once. */
+static atomic_int clone3_works = 1;
+
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
  * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
- * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
+ * (number), uid, gid, groups (list of gids), cgroup (fd of the cgroup v2 directory the
+ * child starts in, see cgroup.c; cgroup_procs = true skips clone3 and has the child write
+ * cgroup.procs). The Lua layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -445,10 +454,30 @@ static int proc_spawn(lua_State *L) {
     a.ngroups = 0;
   }
   if (a.pdeathsig) a.parent_pid = getpid();
+  /* containment (cgroup.c): clone3 into the group, or the child writes cgroup.procs */
+  int cgfd = -1, procs_fd = -1, use_clone3 = 0;
+  a.cgroup_procs = -1;
+  lua_getfield(L, 1, "cgroup");
+  if (!lua_isnil(L, -1)) {
+    cgfd = tether_checkfd(L, -1);
+    lua_getfield(L, 1, "cgroup_procs");
+    use_clone3 = !lua_toboolean(L, -1) && atomic_load(&clone3_works);
+    procs_fd = openat(cgfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (procs_fd < 0) {
+      lua_pushnil(L);
+      lua_pushinteger(L, errno);
+      lua_pushliteral(L, "cgroup");
+      return 3;
+    }
+  }
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
-  if (!memory_is_shared()) {
-    if (pipe2(errpipe, O_CLOEXEC) < 0) return tether_fail(L, errno);
+  if (!memory_is_shared() || use_clone3) { /* clone3 here copies memory: the report needs a pipe */
+    if (pipe2(errpipe, O_CLOEXEC) < 0) {
+      int e = errno;
+      if (procs_fd >= 0) close(procs_fd);
+      return tether_fail(L, e);
+    }
     a.errpipe = errpipe[1];
   }
 
@@ -457,6 +486,7 @@ static int proc_spawn(lua_State *L) {
   struct child_rec *rec = calloc(1, sizeof *rec);
   if (!rec) {
     if (errpipe[0] >= 0) { close(errpipe[0]); close(errpipe[1]); }
+    if (procs_fd >= 0) close(procs_fd);
     return tether_fail(L, ENOMEM);
   }
 
@@ -475,11 +505,27 @@ static int proc_spawn(lua_State *L) {
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
   pthread_mutex_lock(&children_lock);
   int pidfd = -1;
-  pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
-  if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
-    pidfd = -1;
-    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK, &a);
-    if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
+  const char *fail_step = "clone";
+  pid_t pid = -1;
+  if (use_clone3) {
+    pid = tether_cgroup_clone(cgfd, &pidfd);
+    if (pid == 0) child_main(&a); /* the child (a copy): execve or _exit, never returns */
+    if (pid < 0 && (errno == ENOSYS || errno == E2BIG || errno == EINVAL)) {
+      atomic_store(&clone3_works, 0); /* kernel < 5.7, seccomp, valgrind: the child writes */
+      use_clone3 = 0;
+      pidfd = -1;
+    } else if (pid < 0) {
+      fail_step = "cgroup"; /* the group refused the child (EBUSY, EACCES, ...) */
+    }
+  }
+  if (!use_clone3) {
+    a.cgroup_procs = procs_fd; /* -1 without a cgroup */
+    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
+    if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
+      pidfd = -1;
+      pid = clone(child_main, top, CLONE_VM | CLONE_VFORK, &a);
+      if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
+    }
   }
   int clone_err = errno;
   if (pid > 0) { rec->pid = pid; rec_add(rec); }
@@ -488,6 +534,7 @@ static int proc_spawn(lua_State *L) {
 
   if (inherit_env) tether_env_unlock();
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (procs_fd >= 0) close(procs_fd);
   if (errpipe[0] >= 0) { /* the child's report, or EOF once execve closed the pipe */
     close(errpipe[1]);
     int report[2];
@@ -501,7 +548,7 @@ static int proc_spawn(lua_State *L) {
     free(rec);
     lua_pushnil(L);
     lua_pushinteger(L, clone_err);
-    lua_pushliteral(L, "clone");
+    lua_pushstring(L, fail_step);
     return 3;
   }
   if (a.err) { /* the child reported a failure and exited: reap it now */
