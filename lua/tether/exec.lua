@@ -139,6 +139,10 @@ function ProcessState:system_time() return self._s.stime end
 function ProcessState:max_rss() return self._s.maxrss end
 --- state:sys() -> the raw wait status.
 function ProcessState:sys() return self._s.status end
+--- state:cgroup_usage() -> for a command run with cmd.cgroup, what its whole group
+-- used: {cpu =, user =, system = (seconds, from cpu.stat), memory_peak = (bytes,
+-- from memory.peak; nil where the memory controller is off)}; nil without cmd.cgroup.
+function ProcessState:cgroup_usage() return self._cgroup_usage end
 
 function ProcessState:__tostring()
   local s = self._s
@@ -547,6 +551,11 @@ local function validate(self)
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
+  -- containment (tether.cgroup): the limits are checked here, the group is made at start
+  if self.cgroup ~= nil and self.cgroup ~= false then require("tether.cgroup").check(self.cgroup, 3) end
+  if self.timeout ~= nil and (type(self.timeout) ~= "number" or self.timeout ~= self.timeout or self.timeout < 0) then
+    error("exec: cmd.timeout must be a number of seconds", 3)
+  end
   return env, pgid, pdeathsig
 end
 
@@ -643,16 +652,29 @@ function Cmd:start()
     elseif getmetatable(f) == Reader or getmetatable(f) == Writer then fds[3 + i] = f._fd
     else error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 2) end
   end
-  local p, errno, step = core.spawn {
+  local spec = {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
     uid = self.uid, gid = self.gid, groups = self.groups,
   }
+  -- containment (tether.cgroup): the child starts in a new group of its own
+  local group, gerr
+  if self.cgroup then
+    group, gerr = require("tether.cgroup").create(self.cgroup, tostring(self))
+    if group then group:spawn_fields(spec) end
+  end
+  local p, errno, step
+  if not gerr then p, errno, step = core.spawn(spec) end
   close_all(close_after)
   self._child_ends = nil
   if not p then
     for _, t in ipairs(tasks) do t.fd:close() end
     self:_close_pipes()
+    if gerr then return nil, gerr end
+    if group then
+      group:remove()
+      if step == "cgroup" then return nil, group:spawn_error(tostring(self), errno) end
+    end
     local op, path = "fork/exec", self.path
     if step == "chdir" then op, path = "chdir", self.dir
     elseif step ~= "exec" then op = step end
@@ -660,6 +682,13 @@ function Cmd:start()
   end
   self.process = new_process(p)
   self._tasks = tasks
+  self._cgroup = group
+  -- cmd.timeout, at its simplest until the engine branch (split-lua) brings its own:
+  -- a context with that deadline, watched (and cancelled) like command_context's.
+  if self.timeout then
+    local context = require "tether.context"
+    self._tctx, self._tcancel = context.with_timeout(self.ctx or context.background(), self.timeout)
+  end
   return true
 end
 
@@ -713,8 +742,10 @@ local function exit_error(state)
   return err
 end
 
--- The default cmd.cancel: SIGKILL to the process, or to its whole group with setpgid = true.
+-- The default cmd.cancel: SIGKILL to the process, or to its whole group with setpgid = true,
+-- or to everything in its cgroup with cmd.cgroup.
 local function default_cancel(cmd)
+  if cmd._cgroup then return cmd._cgroup:kill() end
   if cmd.setpgid == true then return cmd.process:signal_group("SIGKILL") end
   return cmd.process:kill()
 end
@@ -723,7 +754,7 @@ end
 local function on_context_done(c)
   c._canceled = true
   local ok, cerr = (c.cancel or default_cancel)(c)
-  if ok then c._ctx_err = c.ctx:err()
+  if ok then c._ctx_err = (c._tctx or c.ctx):err()
   elseif cerr and errors.is(cerr, errors.ErrProcessDone) then -- it had exited already
   else c._ctx_err = errors.wrap(cerr or errors.new { msg = "cancel failed" }, "exec: canceling Cmd") end
   if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
@@ -732,6 +763,7 @@ end
 -- wait_delay ran out: kill a process still running, stop waiting for its I/O.
 local function on_delay_expired(c)
   c._delay_at = math.huge
+  if c._cgroup then c._cgroup:kill() end -- containment: the whole group, grandchildren too
   if not c._state then
     local ok = c.process:kill()
     if ok and not c._ctx_err then c._ctx_err = errors.ErrWaitDelay end
@@ -758,7 +790,7 @@ local function drive(cmds, deadline, wctx)
     local ios, pids, nopidfd, d = {}, {}, false, deadline
     local now = core.now()
     for _, c in ipairs(cmds) do
-      local ctx = c.ctx
+      local ctx = c._tctx or c.ctx -- cmd.timeout's context, else command_context's
       if ctx and not c._canceled and not c._state and ctx:done() then on_context_done(c) end
       if c._delay_at and now >= c._delay_at then on_delay_expired(c) end
       local busy = false
@@ -784,6 +816,23 @@ local function drive(cmds, deadline, wctx)
           if pidfd >= 0 then pids[#pids + 1] = c; c._exit_seen = false
           else nopidfd = true end
           if ctx and not c._canceled then
+            wait.add_ctx(ios, ctx)
+            local cd = ctx:deadline()
+            if cd and (not d or cd < d) then d = cd end
+          end
+        end
+      end
+      -- containment (tether.cgroup): once the process exited, wait until its group is empty
+      -- (inotify on cgroup.events); a done context kills what is left in it
+      local g = c._cgroup
+      if c._state and g and not c._cgroup_empty then
+        if ctx and ctx:done() and not g.killed then g:kill() end
+        if not g:populated() then c._cgroup_empty = true
+        else
+          if g.killed then g:kill() end -- again: before 5.14 a fork could slip past a pass
+          busy = true
+          ios[#ios + 1], ios[#ios + 2] = g:pollfd(), "r"
+          if ctx and not ctx:done() then
             wait.add_ctx(ios, ctx)
             local cd = ctx:deadline()
             if cd and (not d or cd < d) then d = cd end
@@ -824,6 +873,13 @@ local function finish(self)
   self:_close_pipes()
   local state = self._state
   self.process_state = state
+  local g = self._cgroup
+  if g then -- containment: the group is empty; what it used, then it goes
+    self._cgroup = nil
+    state._cgroup_usage = g:usage()
+    g:remove()
+  end
+  if self._tcancel then self._tcancel() end
   if not state:success() then
     local err = exit_error(state)
     err.err = self._ctx_err -- a cancelled command's ExitError also is(context.Canceled)
@@ -931,6 +987,13 @@ function Cmd:__close()
     self.process:wait()
     self._waited = true
     self:_close_pipes()
+    local g = self._cgroup -- containment: kill and remove the whole group
+    if g then
+      self._cgroup = nil
+      g:kill()
+      while g:populated() do wait.wait(g:pollfd(), "r", core.now() + 1) end
+      g:remove()
+    end
   end
 end
 
@@ -959,7 +1022,7 @@ function exec.pipeline(cmds)
     local ok, err = c:start()
     if not ok then
       close_all(ends)
-      for j = 1, i - 1 do cmds[j].process:kill(); cmds[j]:wait() end
+      for j = 1, i - 1 do (cmds[j]._cgroup or cmds[j].process):kill(); cmds[j]:wait() end
       err.index = i
       return nil, err
     end
