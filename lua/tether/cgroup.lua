@@ -242,6 +242,23 @@ function Group:kill()
   return nil, errors.from_errno("cgroup.kill", self.path, errno)
 end
 
+--- group:signal(sig) -> true | nil, err: sends signal number or name sig to every
+-- process in the group (SIGKILL goes through kill()).
+function Group:signal(sig)
+  local n = sig
+  if type(sig) == "string" then
+    local name = sig:upper()
+    n = core.signals[name:sub(1, 3) == "SIG" and name or "SIG" .. name]
+  end
+  if type(n) ~= "number" then error("bad argument #1 to 'signal' (signal name or number expected)", 2) end
+  if n == core.signals.SIGKILL then return self:kill() end
+  if not self.fd then return nil, errors.ErrProcessDone end
+  local procs, errno = core.cgroup_read(self.fd, "cgroup.procs")
+  if not procs then return nil, errors.from_errno("signal", self.path, errno) end
+  for pid in procs:gmatch("%d+") do core.kill(tonumber(pid), n) end
+  return true
+end
+
 --- group:usage() -> {cpu =, user =, system = (seconds, cpu.stat), memory_peak =
 -- (bytes, memory.peak; nil without the memory controller)}.
 function Group:usage()
