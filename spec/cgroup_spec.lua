@@ -91,6 +91,21 @@ local function watch_ready(tok, seen, on_ready)
   end
 end
 
+-- start, then wait at most 10 s: a wait that hangs (a group never emptied) fails the test
+-- instead of hanging it, and the group is then killed for good (cgroup.kill) and waited.
+local function run_bounded(c)
+  local ok, err = c:start()
+  if not ok then return nil, err end
+  ok, err = c:wait(10)
+  if not ok and not c.process_state then
+    local g = c._cgroup
+    if g then require("tether.core").cgroup_kill(g.fd) end
+    c:wait(5)
+    return nil, "wait hung: " .. tostring(err)
+  end
+  return ok, err
+end
+
 describe("cmd.cgroup", function()
   for _, placement in ipairs { "clone3", "procs" } do
     it("puts the child in a new group of its own below the root (" .. placement .. ")", function()
@@ -117,7 +132,7 @@ describe("cmd.cgroup", function()
     c.cgroup, c.timeout = true, 0.5
     c.stdout = watch_ready(tok, seen)
     local t0 = tether.now()
-    local ok, err = c:run()
+    local ok, err = run_bounded(c)
     local took = tether.now() - t0
     assert.is_nil(ok)
     assert.is_true(errors.is(err, errors.ErrTimeout), tostring(err))
@@ -136,7 +151,7 @@ describe("cmd.cgroup", function()
     c.cgroup = true
     c.stdout = watch_ready(tok, seen, cancel)
     local t0 = tether.now()
-    local ok, err = c:run()
+    local ok, err = run_bounded(c)
     assert.is_nil(ok)
     assert.is_true(errors.is(err, context.Canceled), tostring(err))
     assert.is_true(tether.now() - t0 < 3)
@@ -153,7 +168,7 @@ describe("cmd.cgroup", function()
     local c = exec.command("sh", "-c", escapers(tok))
     c.cgroup, c.timeout = true, 0.5
     c.stdout = watch_ready(tok, seen)
-    local ok, err = c:run()
+    local ok, err = run_bounded(c)
     cgroup.legacy_kill = nil
     assert.is_nil(ok)
     assert.is_true(errors.is(err, errors.ErrTimeout), tostring(err))
@@ -168,7 +183,7 @@ describe("cmd.cgroup", function()
     util.defer(function() os.remove(f) end)
     local c = exec.command("sh", "-c", "(sleep 0.5; touch " .. util.shquote(f) .. ") & exit 0")
     c.cgroup = true
-    assert.is_true(c:run())
+    assert.is_true(run_bounded(c))
     assert.is_truthy(util.readfile(f), "run returned before the grandchild made the file")
   end)
 
