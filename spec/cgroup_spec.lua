@@ -98,7 +98,7 @@ local function run_bounded(c)
   if not ok then return nil, err end
   ok, err = c:wait(10)
   if not ok and not c.process_state then
-    local g = c._cgroup
+    local g = require("tether.engine").cgroup(c)
     if g then require("tether.core").cgroup_kill(g.fd) end
     c:wait(5)
     return nil, "wait hung: " .. tostring(err)
