@@ -265,6 +265,24 @@ describe("cmd.cgroup", function()
     assert.are.equal(("%d\n16\n"):format(64 * 1048576), out)
   end)
 
+  it("removes the group of a command collected without wait at the next start", function()
+    if skip then pending(skip) return end
+    local function start_and_drop()
+      local c = exec.command("true")
+      c.cgroup = true
+      assert.is_true(c:start())
+      return c.process.pid
+    end
+    local pid = start_and_drop()
+    assert.are.equal(1, #my_groups())
+    util.wait_gone(pid, 5)
+    for _ = 1, 4 do collectgarbage() end
+    local c = exec.command("true")
+    c.cgroup = true
+    assert.is_true(c:run())
+    assert.are.same({}, my_groups())
+  end)
+
   it("raises naming the field for a bad cmd.cgroup", function()
     for _, case in ipairs {
       { 1, "cmd.cgroup must be true or a table of limits" },

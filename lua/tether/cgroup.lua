@@ -24,6 +24,18 @@ local M = {}
 local chosen
 -- Groups made so far by this process (the n in tether-<pid>-<n>).
 local counter = 0
+-- Groups not removed yet (group -> true), and who they belong to (group -> owner, weak):
+-- a group whose owner (its Cmd) was collected without a wait is removed by the next
+-- create once it is empty, as collected processes are reaped in the background.
+local made = {}
+local owners = setmetatable({}, { __mode = "v" })
+
+-- Removes the groups of collected owners that are empty by now.
+local function sweep()
+  for g in pairs(made) do
+    if owners[g] == nil and not g:populated() then g:remove() end
+  end
+end
 --- Placement, for tests: "clone3" (default: clone3 where it works, else the
 -- child writes cgroup.procs) or "procs" (the child always writes cgroup.procs).
 M.placement = "clone3"
@@ -148,10 +160,13 @@ end
 
 local function strerror(errno) return core.strerror(errno):gsub("^%u%l", string.lower) end
 
---- create(spec, what) -> Group | nil, err: makes a new group below the root
--- with the limits of spec (cmd.cgroup); what names the command in messages.
-function M.create(spec, what)
+--- create(spec, what [, owner]) -> Group | nil, err: makes a new group below the root
+-- with the limits of spec (cmd.cgroup); what names the command in messages. When owner
+-- (the Cmd) is collected before the group was removed, a later create removes the group
+-- once it is empty.
+function M.create(spec, what, owner)
   local limits = M.check(spec, 2)
+  sweep()
   local root, rerr = M.root()
   if not root then return nil, fail(what, tostring(rerr):gsub("^cgroup: ", ""), nil, nil) end
   local rfd, errno = core.cgroup_open(root)
@@ -183,6 +198,7 @@ function M.create(spec, what)
     return nil, fail(what, why, errno, path)
   end
   local g = setmetatable({ path = path }, Group)
+  made[g], owners[g] = true, owner
   g.fd, errno = core.cgroup_open(path)
   if g.fd then
     for _, l in ipairs(limits) do
@@ -279,7 +295,7 @@ function Group:remove()
   if self.fd then self.fd:close(); self.fd = nil end
   if self.removed then return true end
   local ok, errno = core.cgroup_rmdir(self.path)
-  if ok or errno == E.ENOENT then self.removed = true; return true end
+  if ok or errno == E.ENOENT then self.removed = true; made[self] = nil; return true end
   return nil, errors.from_errno("rmdir", self.path, errno)
 end
 

@@ -367,7 +367,7 @@ function Cmd:start()
   -- containment (tether.cgroup): the child starts in a new group of its own
   local group, gerr
   if self.cgroup then
-    group, gerr = require("tether.cgroup").create(self.cgroup, tostring(self))
+    group, gerr = require("tether.cgroup").create(self.cgroup, tostring(self), self)
     if group then group:spawn_fields(spec) end
   end
   local p, errno, step
