@@ -265,6 +265,22 @@ describe("cmd.cgroup", function()
     assert.are.equal(("%d\n16\n"):format(64 * 1048576), out)
   end)
 
+  it("closing a started command (<close>) kills, waits for and removes its whole group", function()
+    if skip then pending(skip) return end
+    local tok = token()
+    reap_sleepers_later(tok)
+    local c = exec.command("sh", "-c", ("setsid sh -c 'sleep %s' & (sleep %s &); echo ready; sleep %s"):format(tok, tok, tok))
+    c.cgroup = true
+    local r = assert(c:stdout_pipe())
+    assert.is_true(c:start())
+    assert.are.equal("ready", r:read("l", 10))
+    for _ = 1, 100 do if #sleepers(tok) == 3 then break end util.sleep(0.02) end
+    assert.are.equal(3, #sleepers(tok))
+    c:__close() -- what `local c <close>` calls at scope exit (Lua 5.4)
+    assert.are.same({}, sleepers(tok))
+    assert.are.same({}, my_groups())
+  end)
+
   it("removes the group of a command collected without wait at the next start", function()
     if skip then pending(skip) return end
     local function start_and_drop()
