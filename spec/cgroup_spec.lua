@@ -214,7 +214,7 @@ describe("cmd.cgroup", function()
     assert.are.equal("cgroup", err.step)
     assert.are.equal("ENOENT", err.code)
     assert.matches("tether%-no%-such%-group", tostring(err))
-    assert.matches("/usr/bin/true", tostring(err), 1, true)
+    assert.is_truthy(tostring(err):find(tostring(c), 1, true), "the message names the command")
     assert.is_nil(c.process)
   end)
 
