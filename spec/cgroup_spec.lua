@@ -123,6 +123,32 @@ describe("cmd.cgroup", function()
     end)
   end
 
+  it("puts the command, not the relay's intermediate, in the group (relay spawn mode)", function()
+    if skip then pending(skip) return end
+    if not tether.set_spawn_mode then pending("no relay spawn mode on this branch (issue A)") return end
+    local old = tether.set_spawn_mode("relay")
+    local c = exec.command("sh", "-c", "grep ^0:: /proc/self/cgroup; grep ^0:: /proc/$PPID/cgroup")
+    c.cgroup = true
+    local out, err = c:output()
+    local tok = token()
+    reap_sleepers_later(tok)
+    local seen = {}
+    local k = exec.command("sh", "-c", escapers(tok))
+    k.cgroup, k.timeout = true, 0.5
+    k.stdout = watch_ready(tok, seen)
+    local ok, kerr = run_bounded(k)
+    tether.set_spawn_mode(old)
+    assert.is_nil(err)
+    local mine, parent = out:match("0::(%S+)\n0::(%S+)")
+    assert.is_truthy(mine, out)
+    assert.is_truthy(mine:find("/" .. prefix, 1, true), "the command is not in its group: " .. out)
+    assert.is_nil(parent:find("/" .. prefix, 1, true), "the intermediate is in the group: " .. out)
+    assert.is_nil(ok)
+    assert.is_true(errors.is(kerr, errors.ErrTimeout), tostring(kerr))
+    assert.are.equal(3, #seen)
+    assert.are.same({}, sleepers(tok))
+  end)
+
   it("timeout kills the whole group: setsid and double-forked grandchildren too", function()
     if skip then pending(skip) return end
     local tok = token()
