@@ -1,6 +1,6 @@
 /* cgroup.c - containment (cgroup v2) for tether.cgroup: making and removing a child's
  * group, reading and writing its control files, killing everything in it (cgroup.kill,
- * or freeze and kill every pid before Linux 5.14), watching cgroup.events with inotify,
+ * or freeze and kill every pid before Linux 5.14), watching cgroup.events (poll POLLPRI),
  * and the two ways a spawned child lands in its group:
  *   - clone3(CLONE_INTO_CGROUP) (Linux 5.7+): the child is created inside the group, so
  *     no migration (and none of its cost) ever happens. tether's ordinary spawn shares
@@ -18,7 +18,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -200,29 +199,38 @@ static int cg_kill(lua_State *L) {
   return 1;
 }
 
-/* cgroup_watch(dirfd) -> an inotify fd (non-blocking, O_CLOEXEC) that turns readable
- * when the group's cgroup.events changes (populated, frozen) | nil, errno. Read it to
- * empty it, then read cgroup.events again. */
-static int cg_watch(lua_State *L) {
+/* cgroup_events(dirfd) -> the group's cgroup.events, open (O_CLOEXEC) | nil, errno. Poll
+ * it for "p" (POLLPRI): it turns ready when the file changed since it was last read (the
+ * kernel's file-modified event; inotify would work too, but closing an inotify instance
+ * waits for an SRCU grace period, milliseconds per command). */
+static int cg_events(lua_State *L) {
   int dirfd = tether_checkfd(L, 1);
   int *fd = tether_newfd(L);
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/fd/%d/cgroup.events", dirfd);
-  *fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  *fd = openat(dirfd, "cgroup.events", O_RDONLY | O_CLOEXEC);
   if (*fd < 0) return tether_fail(L, errno);
-  if (inotify_add_watch(*fd, path, IN_MODIFY) < 0) {
-    int e = errno;
-    close(*fd);
-    *fd = -1;
-    return tether_fail(L, e);
-  }
+  return 1;
+}
+
+/* cgroup_populated(eventsfd) -> whether a process is in the group (and its descendants),
+ * from "populated 0|1" | nil, errno. Reading re-arms the fd's POLLPRI. */
+static int cg_populated(lua_State *L) {
+  int fd = tether_checkfd(L, 1);
+  char buf[256];
+  ssize_t n;
+  if (lseek(fd, 0, SEEK_SET) < 0) return tether_fail(L, errno);
+  do n = read(fd, buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
+  if (n < 0) return tether_fail(L, errno);
+  buf[n] = '\0';
+  const char *p = strstr(buf, "populated ");
+  if (!p) return tether_fail(L, EPROTO);
+  lua_pushboolean(L, p[10] != '0');
   return 1;
 }
 
 static const luaL_Reg cg_funcs[] = {
   {"cgroup_mkdir", cg_mkdir}, {"cgroup_rmdir", cg_rmdir}, {"cgroup_open", cg_open},
   {"cgroup_read", cg_read}, {"cgroup_write", cg_write}, {"cgroup_kill", cg_kill},
-  {"cgroup_watch", cg_watch}, {NULL, NULL},
+  {"cgroup_events", cg_events}, {"cgroup_populated", cg_populated}, {NULL, NULL},
 };
 
 void tether_open_cgroup(lua_State *L) {

@@ -5,8 +5,8 @@
 -- `tether-<pid>-<n>` after the tether process that made it. Cancel and
 -- timeout kill the whole group (cgroup.kill), so a grandchild that called
 -- setsid or double-forked goes too; wait also waits until the group is
--- empty (cgroup.events "populated 0", watched with inotify, never polled
--- in a loop) and then removes it. The C side (src/cgroup.c, spawn in
+-- empty (cgroup.events "populated 0", waited for with poll POLLPRI on that
+-- file, never polled in a loop) and then removes it. The C side (src/cgroup.c, spawn in
 -- src/process.c) places the child: clone3(CLONE_INTO_CGROUP) where the
 -- kernel has it, else the child writes cgroup.procs before execve.
 -- See docs/containment.md.
@@ -208,11 +208,11 @@ function M.create(spec, what, owner)
         return nil, fail(what, format("cannot set %s (%s = %q): %s", l.field, l.file, l.text, strerror(errno)), errno, path)
       end
     end
-    g.watch, errno = core.cgroup_watch(g.fd)
+    g.watch, errno = core.cgroup_events(g.fd)
   end
   if not g.watch then
     g:remove()
-    return nil, fail(what, format("cannot watch %s/cgroup.events: %s", path, strerror(errno)), errno, path)
+    return nil, fail(what, format("cannot open %s/cgroup.events: %s", path, strerror(errno)), errno, path)
   end
   return g
 end
@@ -230,22 +230,19 @@ function Group:spawn_error(what, errno)
   return fail(what, format("cannot place the child in %s: %s", self.path, strerror(errno)), errno, self.path)
 end
 
---- group:pollfd() -> an fd readable when cgroup.events changed (see populated).
+--- group:pollfd() -> the group's open cgroup.events, ready for events() ("p",
+-- POLLPRI) once it changed after the last populated().
 function Group:pollfd() return self.watch and self.watch:getfd() or -1 end
+--- group:events() -> "p": wait for priority data (POLLPRI), not for "r".
+function Group:events() return "p" end
 
---- group:populated() -> whether a process is still in the group. Empties the
--- watch first, so a change after this read wakes the next wait.
+--- group:populated() -> whether a process is still in the group. Reads
+-- cgroup.events through the fd pollfd() gives, so a change after this read
+-- wakes the next wait.
 function Group:populated()
-  if not self.fd then return false end
-  if self.watch then
-    while true do
-      local data = self.watch:read(4096)
-      if not data or data == "" then break end
-    end
-  end
-  local ev = core.cgroup_read(self.fd, "cgroup.events")
-  if not ev then return false end -- removed under us: nothing can be in it
-  return ev:match("populated (%d)") ~= "0"
+  if not self.watch then return false end
+  local p = core.cgroup_populated(self.watch)
+  return p == true -- nil: removed under us, nothing can be in it
 end
 
 --- group:kill() -> true | nil, err: SIGKILL to every process in the group

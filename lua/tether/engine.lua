@@ -56,7 +56,7 @@ function engine.uncontain(cmd)
   if not g then return end
   cmd._run.cgroup = nil
   g:kill()
-  while g:populated() do wait.wait(g:pollfd(), "r", core.now() + 1) end
+  while g:populated() do wait.wait(g:pollfd(), g:events(), core.now() + 1) end
   g:remove()
 end
 
@@ -210,7 +210,7 @@ local function drive(cmds, deadline, wctx)
         end
       end
       -- containment (tether.cgroup): once the process exited, wait until its group is empty
-      -- (inotify on cgroup.events); a done context kills what is left in it
+      -- (poll POLLPRI on cgroup.events); a done context kills what is left in it
       local g = c._run.cgroup
       if c._run.state and g and not c._run.cgroup_empty then
         if ctx and ctx:done() and not g.killed then g:kill() end
@@ -218,7 +218,7 @@ local function drive(cmds, deadline, wctx)
         else
           if g.killed then g:kill() end -- again: before 5.14 a fork could slip past a pass
           busy = true
-          ios[#ios + 1], ios[#ios + 2] = g:pollfd(), "r"
+          ios[#ios + 1], ios[#ios + 2] = g:pollfd(), g:events()
           if ctx and not ctx:done() then
             wait.add_ctx(ios, ctx)
             local cd = ctx:deadline()

@@ -334,7 +334,7 @@ local function add_fds(k, list)
     if fd >= 0 then list[#list + 1], list[#list + 2] = fd, task.ev end
   end
   local g = cgroup_of(k) -- containment: cgroup.events changes when the group empties
-  if g and g:pollfd() >= 0 then list[#list + 1], list[#list + 2] = g:pollfd(), "r" end
+  if g and g:pollfd() >= 0 then list[#list + 1], list[#list + 2] = g:pollfd(), g:events() end
   if k.exited and not k.finished and cmd.wait_delay then
     d = min(d, k.exited_at + cmd.wait_delay + 0.001) -- when wait_delay closes the I/O
   end

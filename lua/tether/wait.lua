@@ -28,7 +28,8 @@ local function custom_wait(list, deadline)
 end
 
 --- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline.
--- fd is an integer; events "r", "w" or "rw".
+-- fd is an integer; events "r", "w" or "rw" ("p": priority data, POLLPRI, which is how a
+-- cgroup.events file says it changed; internal to tether.cgroup).
 function M.wait(fd, events, deadline)
   if M.waiter then
     custom_wait({ fd, events }, deadline)
