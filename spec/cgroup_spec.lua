@@ -213,6 +213,28 @@ describe("cmd.cgroup", function()
     assert.is_truthy(util.readfile(f), "run returned before the grandchild made the file")
   end)
 
+  it("waits for the group through a custom waiter, woken by the event, not by polling", function()
+    if skip then pending(skip) return end
+    local core = require "tether.core"
+    local f = util.tmpname()
+    os.remove(f)
+    util.defer(function() os.remove(f) end)
+    local calls = 0
+    tether.set_waiter(function(fd, events, timeout)
+      calls = calls + 1
+      core.poll(fd, events, timeout and core.now() + timeout)
+    end)
+    util.defer(function() tether.set_waiter(nil) end)
+    local c = exec.command("sh", "-c", "(sleep 0.5; touch " .. util.shquote(f) .. ") & exit 0")
+    c.cgroup = true
+    local ok, err = run_bounded(c)
+    tether.set_waiter(nil)
+    assert.is_true(ok, tostring(err))
+    assert.is_truthy(util.readfile(f), "run returned before the grandchild made the file")
+    -- an exit, the group emptying: a handful of wake-ups (a poll loop would make hundreds)
+    assert.is_true(calls <= 10, calls .. " waits")
+  end)
+
   it("reports the CPU time of the whole group in cgroup_usage()", function()
     if skip then pending(skip) return end
     -- the burning is done by a grandchild: wait4's rusage of the shell would not see it
