@@ -104,6 +104,12 @@ describe("examples", function()
       "still alive: false",
       "the group used ",
     })
+    -- the example's group is gone: no group of a tether process that has exited is left
+    local root = out:match("groups go below (%S+)")
+    for name in util.sh("ls " .. util.shquote(root)):gmatch("%S+") do
+      local pid = name:match("^tether%-(%d+)%-%d+$")
+      assert.is_true(pid == nil or util.alive(pid), "a group left behind: " .. name)
+    end
   end)
 
   it("supervisor.lua restarts the crashing child with backoff and stops both on SIGTERM", function()
