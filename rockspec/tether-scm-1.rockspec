@@ -44,6 +44,7 @@ build = {
       ["tether.core"] = {
          sources = {
             "src/buffer.c",
+            "src/cgroup.c",
             "src/children.c",
             "src/copy.c",
             "src/core.c",
@@ -76,6 +77,7 @@ build = {
          incdirs = { "src" },
       },
       ["tether"] = "lua/tether/init.lua",
+      ["tether.cgroup"] = "lua/tether/cgroup.lua",
       ["tether.context"] = "lua/tether/context.lua",
       ["tether.engine"] = "lua/tether/engine.lua",
       ["tether.env"] = "lua/tether/env.lua",

@@ -89,6 +89,29 @@ describe("examples", function()
     })
   end)
 
+  it("contain.lua kills a daemonized grandchild through the command's cgroup", function()
+    local out, err, code = run_example("contain.lua", nil, 30)
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)
+    if out:find("no containment here", 1, true) or out:find("cannot contain here", 1, true) then
+      pending("no writable cgroup v2 root: " .. out)
+      return
+    end
+    assert_lines_in_order(out, {
+      "groups go below /",
+      "server: started a daemon, now serving",
+      "run returned: signal: killed (timeout: true)",
+      "still alive: false",
+      "the group used ",
+    })
+    -- the example's group is gone: no group of a tether process that has exited is left
+    local root = out:match("groups go below (%S+)")
+    for name in util.sh("ls " .. util.shquote(root)):gmatch("%S+") do
+      local pid = name:match("^tether%-(%d+)%-%d+$")
+      assert.is_true(pid == nil or util.alive(pid), "a group left behind: " .. name)
+    end
+  end)
+
   it("supervisor.lua restarts the crashing child with backoff and stops both on SIGTERM", function()
     local out, err, code = run_example("supervisor.lua", "TETHER_DEMO_SIGNAL_AFTER=1 TETHER_DEMO_BACKOFF=0.05", 30)
     assert.are.equal(0, code, err)

@@ -67,6 +67,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_hostflag(L);
   tether_open_fdkind(L);
   tether_open_pty(L);
+  tether_open_cgroup(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   wrap_entries(L);

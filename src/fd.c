@@ -117,6 +117,7 @@ static int fd_epoll_set(lua_State *L) {
     struct epoll_event e = { .events = 0, .data.u32 = (uint32_t)i };
     if (ev && strchr(ev, 'r')) e.events |= EPOLLIN;
     if (ev && strchr(ev, 'w')) e.events |= EPOLLOUT;
+    if (ev && strchr(ev, 'p')) e.events |= EPOLLPRI; /* a cgroup.events change (cgroup.c) */
     if (epoll_ctl(f->fd, EPOLL_CTL_ADD, fd, &e) < 0 && errno != EEXIST) {
       int err = errno;
       close(f->fd);

@@ -126,7 +126,7 @@ static int proc_guard_children(lua_State *L) {
 
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp", "relay", "pty" };
+                                          "tcsetpgrp", "relay", "pty", "cgroup" };
 
 /* Whether clone(CLONE_VM) really shares memory. It does on Linux; emulators such as
  * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
@@ -217,6 +217,8 @@ NO_ASAN int tether_child_main(void *arg) {
   int step;
 
   tether_child_reset_signals(a);
+  /* containment: into its own cgroup first, so nothing the command does runs outside */
+  if (a->cgroup_procs >= 0 && tether_cgroup_enter(a->cgroup_procs) < 0) { step = STEP_CGROUP; goto fail; }
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
   /* pty: the new session's controlling terminal, before the dup2s renumber fds */
   if (a->ctty >= 0 && ioctl(a->ctty, TIOCSCTTY, 0) < 0) { step = STEP_PTY; goto fail; }
@@ -359,13 +361,18 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
   return (lua_Integer)d;
 }
 
+/* clone3 with CLONE_INTO_CGROUP works here until it failed as unsupported once. */
+static atomic_int clone3_works = 1;
+
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
  * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
  * (number), inherit_signals (keep the dispositions ignored before tether and this thread's
  * mask), sigign (with inherit_signals: a list of more signal numbers the child starts with
  * ignored), uid, gid, groups (list of gids), ctty (a pty slave fd: the child's controlling
- * terminal in a new session). The Lua layer validates and names arguments;
+ * terminal in a new session), cgroup (fd of the cgroup v2 directory the child starts in, see
+ * cgroup.c; cgroup_procs = true skips clone3 and has the child write cgroup.procs). The Lua
+ * layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -464,12 +471,37 @@ static int proc_spawn(lua_State *L) {
     if (relay == 2) { lua_pushnil(L); lua_pushinteger(L, ENOSYS); lua_pushliteral(L, "relay"); return 3; }
     relay = 0; /* "auto" under an emulator (valgrind): spawn directly */
   }
-  if (relay) return spawn_relayed(L, &a);
+  /* containment (cgroup.c): clone3 into the group, or the child writes cgroup.procs */
+  int cgfd = -1, procs_fd = -1, use_clone3 = 0;
+  a.cgroup_procs = -1;
+  lua_getfield(L, 1, "cgroup");
+  if (!lua_isnil(L, -1)) {
+    cgfd = tether_checkfd(L, -1);
+    lua_getfield(L, 1, "cgroup_procs");
+    use_clone3 = !relay && !lua_toboolean(L, -1) && atomic_load(&clone3_works);
+    procs_fd = openat(cgfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (procs_fd < 0) {
+      lua_pushnil(L);
+      lua_pushinteger(L, errno);
+      lua_pushliteral(L, "cgroup");
+      return 3;
+    }
+  }
+  if (relay) { /* the command, not the intermediate, writes itself into the group */
+    a.cgroup_procs = procs_fd;
+    int n = spawn_relayed(L, &a);
+    if (procs_fd >= 0) close(procs_fd);
+    return n;
+  }
   guard_refresh(); /* issue 12: a direct spawn has the guard wanted in this thread in force */
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
-  if (!memory_is_shared()) {
-    if (pipe2(errpipe, O_CLOEXEC) < 0) return tether_fail(L, errno);
+  if (!memory_is_shared() || use_clone3) { /* clone3 here copies memory: the report needs a pipe */
+    if (pipe2(errpipe, O_CLOEXEC) < 0) {
+      int e = errno;
+      if (procs_fd >= 0) close(procs_fd);
+      return tether_fail(L, e);
+    }
     a.errpipe = errpipe[1];
   }
 
@@ -478,6 +510,7 @@ static int proc_spawn(lua_State *L) {
   struct child_rec *rec = calloc(1, sizeof *rec);
   if (!rec) {
     if (errpipe[0] >= 0) { close(errpipe[0]); close(errpipe[1]); }
+    if (procs_fd >= 0) close(procs_fd);
     return tether_fail(L, ENOMEM);
   }
 
@@ -497,11 +530,27 @@ static int proc_spawn(lua_State *L) {
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
   tether_children_lock();
   int pidfd = -1;
-  pid_t pid = tether_clone_child(&a, top, &pidfd);
-  if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
-    pidfd = -1;
-    pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK, &a);
-    if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
+  const char *fail_step = "clone";
+  pid_t pid = -1;
+  if (use_clone3) {
+    pid = tether_cgroup_clone(cgfd, &pidfd);
+    if (pid == 0) tether_child_main(&a); /* the child (a copy): execve or _exit, never returns */
+    if (pid < 0 && (errno == ENOSYS || errno == E2BIG || errno == EINVAL)) {
+      atomic_store(&clone3_works, 0); /* kernel < 5.7, seccomp, valgrind: the child writes */
+      use_clone3 = 0;
+      pidfd = -1;
+    } else if (pid < 0) {
+      fail_step = "cgroup"; /* the group refused the child (EBUSY, EACCES, ...) */
+    }
+  }
+  if (!use_clone3) {
+    a.cgroup_procs = procs_fd; /* -1 without a cgroup */
+    pid = tether_clone_child(&a, top, &pidfd);
+    if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
+      pidfd = -1;
+      pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK, &a);
+      if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
+    }
   }
   int clone_err = errno;
   if (pid > 0) { rec->pid = pid; tether_child_add(rec); }
@@ -510,6 +559,7 @@ static int proc_spawn(lua_State *L) {
 
   if (inherit_env) tether_env_unlock();
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (procs_fd >= 0) close(procs_fd);
   if (errpipe[0] >= 0) { /* the child's report, or EOF once execve closed the pipe */
     close(errpipe[1]);
     int report[2];
@@ -523,7 +573,7 @@ static int proc_spawn(lua_State *L) {
     free(rec);
     lua_pushnil(L);
     lua_pushinteger(L, clone_err);
-    lua_pushliteral(L, "clone");
+    lua_pushstring(L, fail_step);
     return 3;
   }
   if (a.err) { /* the child reported a failure and exited: reap it now */

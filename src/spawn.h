@@ -30,7 +30,7 @@
 /* Which step of the child setup failed (err.step in Lua: step_names in process.c). */
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
             STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP,
-            STEP_RELAY, STEP_PTY };
+            STEP_RELAY, STEP_PTY, STEP_CGROUP };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -55,6 +55,7 @@ struct child_args {
   gid_t *groups;
   int ngroups;
   int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
+  int cgroup_procs;      /* -1, or an open cgroup.procs the child writes itself to (cgroup.c) */
   int inherit_sigs;      /* issue 14, tini parity: keep inherited SIG_IGN and the mask */
   uint64_t ign;          /* with inherit_sigs: bit s-1: signal s stays (or becomes again) SIG_IGN */
   sigset_t mask;         /* with inherit_sigs: the spawning thread's mask, for the child */

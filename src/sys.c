@@ -83,7 +83,8 @@ static short parse_events(lua_State *L, int idx) {
   for (; *ev; ev++) {
     if (*ev == 'r') events |= POLLIN;
     else if (*ev == 'w') events |= POLLOUT;
-    else luaL_argerror(L, idx, "events must be made of 'r' and 'w'");
+    else if (*ev == 'p') events |= POLLPRI; /* priority: a cgroup.events change (cgroup.c) */
+    else luaL_argerror(L, idx, "events must be made of 'r', 'w' and 'p'");
   }
   return events;
 }

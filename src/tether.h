@@ -26,6 +26,7 @@ void tether_open_copy(lua_State *L);
 void tether_open_hostflag(lua_State *L); /* issue 12 */
 void tether_open_fdkind(lua_State *L);
 void tether_open_pty(lua_State *L);      /* pty.c: pseudo-terminals */
+void tether_open_cgroup(lua_State *L);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call (util.c). */
@@ -90,6 +91,14 @@ int tether_checkfd(lua_State *L, int idx);
 /* Pushes a new tether fd, created closed (-1), and returns where to store the fd it
  * owns; fill it after the syscall succeeds (fd.c). */
 int *tether_newfd(lua_State *L);
+
+/* Containment (cgroup.c). tether_cgroup_clone: clone3(CLONE_INTO_CGROUP | CLONE_PIDFD |
+ * CLONE_VFORK), without CLONE_VM: returns the pid (0 in the child, a copy), or -1 with
+ * errno (ENOSYS, E2BIG or EINVAL: not supported here). tether_cgroup_enter: for a child
+ * about to exec (async-signal-safe): writes "0" to an open cgroup.procs, moving itself
+ * into that group; 0, or -1 with errno. A relay's child setup calls it the same way. */
+pid_t tether_cgroup_clone(int cgroup_fd, int *pidfd);
+int tether_cgroup_enter(int procs_fd);
 
 #define TETHER_FD_MT "tether.fd"
 #define TETHER_PROC_MT "tether.process"

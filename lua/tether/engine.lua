@@ -14,6 +14,8 @@
 --   exit_seen  false while the pidfd has not said "exited" since the last look
 --   io_err     an error of the I/O (ErrWaitDelay when it was cut off)
 --   sink_err   the error a stdout/stderr sink raised (the command's I/O was stopped)
+--   cgroup     the command's cgroup (cmd.cgroup, a tether.cgroup Group) until finish removes
+--              it; cgroup_empty once it was seen empty
 local core = require "tether.core"
 local errors = require "tether.errors"
 local wait = require "tether.wait"
@@ -48,6 +50,29 @@ function engine.begin(cmd, tasks, group)
   local r = { tasks = tasks, group = group }
   if cmd.timeout then r.timeout_at = core.now() + cmd.timeout end
   cmd._run = r
+end
+
+-- contain(cmd, group): the command runs in a cgroup of its own (tether.cgroup; nil: it
+-- does not). Cancel and timeout then kill the whole group (kill_tree), and wait also
+-- waits until the group is empty (drive), then removes it (finish).
+function engine.contain(cmd, group)
+  cmd._run.cgroup = group
+end
+
+-- cgroup(cmd) -> the command's cgroup (a tether.cgroup Group) until its wait ends, or nil.
+function engine.cgroup(cmd)
+  return cmd._run and cmd._run.cgroup
+end
+
+-- uncontain(cmd): kills what is left in the command's cgroup, waits until it is empty
+-- and removes it (a Cmd closed without wait).
+function engine.uncontain(cmd)
+  local g = engine.cgroup(cmd)
+  if not g then return end
+  cmd._run.cgroup = nil
+  g:kill()
+  while g:populated() do wait.wait(g:pollfd(), g:events(), core.now() + 1) end
+  g:remove()
 end
 
 -- tasks(cmd) -> the command's I/O tasks still to service (a list, maybe empty).
@@ -135,10 +160,11 @@ end
 -- cancel, timeout, wait_delay
 
 -- kill_tree(c) -> true | nil, err: SIGKILL to everything the command started that
--- tether can reach: its process group when it leads one, else the process.
--- (The cgroup of cmd.cgroup, once it exists, belongs here: cgroup.kill.)
+-- tether can reach: its cgroup (cmd.cgroup: cgroup.kill, setsid and double-forked
+-- grandchildren too), else its process group when it leads one, else the process.
 local function kill_tree(c)
   local r = c._run
+  if r.cgroup then return r.cgroup:kill() end
   if r.group then
     if not r.state then
       local ok, err = c.process:signal_group("SIGKILL")
@@ -156,7 +182,7 @@ end
 -- The default cmd.cancel: SIGKILL to the process, or to its whole group when it leads one
 -- (setpgid = true, or the group a timeout set up).
 local function default_cancel(cmd)
-  if cmd.setpgid == true or (cmd._run and cmd._run.group) then return kill_tree(cmd) end
+  if cmd.setpgid == true or (cmd._run and (cmd._run.group or cmd._run.cgroup)) then return kill_tree(cmd) end
   return cmd.process:kill()
 end
 engine.default_cancel = default_cancel
@@ -193,6 +219,7 @@ end
 local function on_delay_expired(c)
   local r = c._run
   r.delay_at = huge
+  if r.cgroup then r.cgroup:kill() end -- containment: the whole group, grandchildren too
   if not r.state then
     local ok = c.process:kill()
     if ok and not r.ctx_err then r.ctx_err = errors.ErrWaitDelay end
@@ -370,6 +397,22 @@ local function drive(cmds, deadline, wctx)
           if ctx and not r.canceled then wait.add_ctx(ios, ctx) end
         end
       end
+      -- containment (tether.cgroup): once the process exited, wait until its group is empty
+      -- (poll POLLPRI on cgroup.events); a done context or a timeout kills what is left
+      local g = r.cgroup
+      if r.state and g and not r.cgroup_empty then
+        if not g.killed and (r.timed_out or (ctx and ctx:done() and c.cancel ~= false)) then g:kill() end
+        if not g:populated() then r.cgroup_empty = true
+        else
+          if g.killed then g:kill() end -- again: before 5.14 a fork could slip past a pass
+          busy = true
+          ios[#ios + 1], ios[#ios + 2] = g:pollfd(), g:events()
+          if ctx and not ctx:done() then
+            wait.add_ctx(ios, ctx)
+            d = min(d, ctx:deadline())
+          end
+        end
+      end
       if busy then d = min(d, next_time(c)) end
     end
     local list = {}
@@ -408,6 +451,12 @@ local function finish(self)
   self:_close_pipes()
   local state = r.state
   self.process_state = state
+  local g = r.cgroup
+  if g then -- containment: the group is empty; what it used, then it goes
+    r.cgroup = nil
+    state._cgroup_usage = g:usage()
+    g:remove()
+  end
   if r.sink_err then return nil, r.sink_err end
   if not state:success() then return nil, exit_error(self, state, stderr_text(self)) end
   if r.timed_out then return nil, r.timeout_err end

@@ -385,6 +385,8 @@ local function validate(self)
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
+  -- containment (tether.cgroup): the limits are checked here, the group is made at start
+  if self.cgroup ~= nil and self.cgroup ~= false then require("tether.cgroup").check(self.cgroup, 3) end
   return env, pgid, pdeathsig, inherit, sigign
 end
 
@@ -503,7 +505,7 @@ function Cmd:start()
     elseif getmetatable(f) == Reader or getmetatable(f) == Writer then fds[3 + i] = f._fd
     else error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 2) end
   end
-  local p, errno, step = core.spawn {
+  local spec = {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig,
     foreground = self.foreground and not term, -- a pty's session leader has its foreground already
@@ -511,6 +513,14 @@ function Cmd:start()
     inherit_signals = inherit, sigign = sigign, -- issue 14: tini's child signal state
     ctty = term and term._slave, -- pty: setsid + TIOCSCTTY in the child
   }
+  -- containment (tether.cgroup): the child starts in a new group of its own
+  local group, gerr
+  if self.cgroup then
+    group, gerr = require("tether.cgroup").create(self.cgroup, tostring(self), self)
+    if group then group:spawn_fields(spec) end
+  end
+  local p, errno, step
+  if not gerr then p, errno, step = core.spawn(spec) end
   close_all(close_after)
   self._child_ends = nil
   if term then term:_close_slave() end -- the child's exit must read as EOF on the master
@@ -518,6 +528,11 @@ function Cmd:start()
     for _, t in ipairs(tasks) do t.fd:close() end
     self:_close_pipes()
     if term then term:close() end
+    if gerr then return nil, gerr end
+    if group then
+      group:remove()
+      if step == "cgroup" then return nil, group:spawn_error(tostring(self), errno) end
+    end
     local op, path = "fork/exec", self.path
     if step == "chdir" then op, path = "chdir", self.dir
     elseif step ~= "exec" then op = step end
@@ -528,6 +543,7 @@ function Cmd:start()
     tasks[#tasks + 1] = { fd = term._fd, kind = "sink", sink = self._pty_sink, ev = "r", eio_eof = true }
   end
   engine.begin(self, tasks, pgid == 0 or self.setsid == true or term ~= nil) -- a pty child leads its session
+  engine.contain(self, group)
   if exec._on_start then exec._on_start(self) end -- tether.ngx: ties it to its request (issue 12)
   return true
 end
@@ -692,6 +708,7 @@ function Cmd:__close()
     self.process:wait()
     self._waited = true
     self:_close_pipes()
+    engine.uncontain(self) -- containment: kill, wait for and remove the whole cgroup
   end
 end
 
@@ -733,7 +750,7 @@ function exec.pipeline(cmds)
     local ok, err = c:start()
     if not ok then
       close_all(ends)
-      for j = 1, i - 1 do cmds[j].process:kill(); cmds[j]:wait() end
+      for j = 1, i - 1 do (engine.cgroup(cmds[j]) or cmds[j].process):kill(); cmds[j]:wait() end
       return nil, stage_error(err, i)
     end
   end

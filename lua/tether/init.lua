@@ -47,6 +47,14 @@ function tether.sleep(seconds, ctx)
   return true
 end
 
+--- cgroup_root([path]) -> the cgroup v2 directory below which commands with
+-- cmd.cgroup get their groups | nil, err when there is none. With path (absolute):
+-- sets it; false: back to the default, the cgroup tether runs in. See
+-- tether.cgroup and docs/containment.md.
+function tether.cgroup_root(path)
+  return require("tether.cgroup").root(path)
+end
+
 --- pid() -> this process's id.  ppid() -> its parent's id.
 tether.pid = core.pid
 tether.ppid = core.ppid

@@ -52,6 +52,10 @@ function ProcessState:system_time() return self._s.stime end
 function ProcessState:max_rss() return self._s.maxrss end
 --- state:sys() -> the raw wait status.
 function ProcessState:sys() return self._s.status end
+--- state:cgroup_usage() -> for a command run with cmd.cgroup, what its whole group
+-- used: {cpu =, user =, system = (seconds, from cpu.stat), memory_peak = (bytes,
+-- from memory.peak; nil where the memory controller is off)}; nil without cmd.cgroup.
+function ProcessState:cgroup_usage() return self._cgroup_usage end
 
 function ProcessState:__tostring()
   local s = self._s

@@ -34,7 +34,7 @@ M.ErrIntensity = errors.new { op = "supervisor", msg = "supervisor: restart inte
 
 local POLICIES = { always = true, ["on-failure"] = true, never = true }
 local CHILD_KEYS = { name = true, command = true, restart = true }
-local OPTIONS = { backoff = true, intensity = true, grace = true, on_event = true }
+local OPTIONS = { backoff = true, intensity = true, grace = true, on_event = true, cgroup = true }
 local BACKOFF_KEYS = { initial = true, max = true, reset_after = true, jitter = true }
 
 -- How often what is left of an exited child's process group is looked at (seconds,
@@ -130,6 +130,10 @@ Supervisor.__name = "tether.Supervisor"
 --              (Erlang's restart intensity). nil: no limit
 --   grace      seconds between SIGTERM and SIGKILL when stopping a child's group (10)
 --   on_event   function(name, event, info) called as things happen (see sup:run)
+--   cgroup     true or a table of limits: each child's Cmd gets this cmd.cgroup unless it
+--              set its own (containment, see tether.cgroup): what a child leaves behind is
+--              then its cgroup, which setsid and double forks cannot leave, and a restart
+--              waits until that group is empty. nil: process groups only
 -- Raises naming the field for anything else (an unknown field, a wrong type, a duplicate
 -- name, no children).
 function M.new(spec)
@@ -148,8 +152,9 @@ function M.new(spec)
   if spec.on_event ~= nil and type(spec.on_event) ~= "function" then
     error("supervisor.new: on_event must be a function, got " .. type(spec.on_event), 2)
   end
+  if spec.cgroup ~= nil then require("tether.cgroup").check(spec.cgroup, 2) end
   return setmetatable({ _children = children, _backoff = backoff, _intensity = intensity,
-    _grace = grace, _on_event = spec.on_event }, Supervisor)
+    _grace = grace, _on_event = spec.on_event, _cgroup = spec.cgroup }, Supervisor)
 end
 
 -- A random number in [0, 1). math.random, stirred with the clock and pid so that
@@ -197,9 +202,22 @@ local function group_alive(pgid)
   return ok == true or errno == core.errno.EPERM
 end
 
--- Signals the child's group: through the Process while it is unreaped (its pid, hence
--- the group id, cannot be recycled then), else with kill(-pgid) while the group has members.
+-- Containment: the child's cgroup while it has one (cmd.cgroup; gone once its wait finished).
+local function cgroup_of(k) return k.cmd and require("tether.engine").cgroup(k.cmd) end
+
+-- Whether anything of the child is left: its cgroup, else its process group.
+local function leftovers(k)
+  local g = cgroup_of(k)
+  if g then return g:populated() end
+  return group_alive(k.pid)
+end
+
+-- Signals the child's group: with cmd.cgroup every process of its cgroup; else through the
+-- Process while it is unreaped (its pid, hence the group id, cannot be recycled then), else
+-- with kill(-pgid) while the group has members.
 local function signal_group(k, sig)
+  local g = cgroup_of(k)
+  if g then return g:signal(sig) == true end
   local p = k.cmd and k.cmd.process
   if p and not k.exited then
     local ok = p:signal_group(sig)
@@ -242,6 +260,7 @@ local function start_kid(r, k)
   if cmd ~= nil then
     if not cmd.setsid then cmd.setpgid = true end
     if cmd.wait_delay == nil then cmd.wait_delay = math.max(sup._grace, 1) end
+    if cmd.cgroup == nil then cmd.cgroup = sup._cgroup end
     local sok, started, e = pcall(cmd.start, cmd)
     if not sok then r.raise = r.raise or { started }; k.state, k.result = "done", "failed"; return end
     if started then
@@ -316,6 +335,8 @@ local function add_fds(k, list)
     local fd = not task.done and task.fd:getfd() or -1
     if fd >= 0 then list[#list + 1], list[#list + 2] = fd, task.ev end
   end
+  local g = cgroup_of(k) -- containment: cgroup.events changes when the group empties
+  if g and g:pollfd() >= 0 then list[#list + 1], list[#list + 2] = g:pollfd(), g:events() end
   if k.exited and not k.finished and cmd.wait_delay then
     d = min(d, k.exited_at + cmd.wait_delay + 0.001) -- when wait_delay closes the I/O
   end
@@ -353,7 +374,7 @@ local function step(r, k, list)
     if k.exited then
       k.exited_at = t
       k.state = "draining"
-      if not group_alive(k.pid) then
+      if not leftovers(k) then
         k.group_gone = true
       elseif not k.term_sent then -- its main process is gone: the rest of its group goes too
         k.term_sent, k.kill_at = true, t + sup._grace
@@ -375,7 +396,7 @@ local function step(r, k, list)
     t = now()
     local d
     if not k.group_gone then
-      if not group_alive(k.pid) then
+      if not leftovers(k) then
         k.group_gone = true
       elseif k.killed and t >= k.killed_at + KILL_WAIT then
         k.group_gone = true -- SIGKILLed long ago and still there (uninterruptible sleep): give up on them

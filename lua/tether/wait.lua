@@ -35,7 +35,8 @@ end
 
 --- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline,
 -- nil, err when the OS refused the wait (poll or epoll failed: every caller passes it on).
--- fd is an integer; events "r", "w" or "rw".
+-- fd is an integer; events "r", "w" or "rw" ("p": priority data, POLLPRI, which is how a
+-- cgroup.events file says it changed; internal to tether.cgroup).
 function M.wait(fd, events, deadline)
   if M.waiter_many then -- a waiter that takes the whole list (waiters.ngx): no epoll fd
     M.waiter_many({ fd, events }, deadline)
