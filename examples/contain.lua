@@ -38,7 +38,8 @@ tether.main(function()
     os.remove(pidfile)
     return
   end
-  say("run returned: %s (timeout: %s)", tostring(err), tostring(errors.is(err, errors.ErrTimeout)))
+  say("run returned: %s (timeout: %s)", err.state and tostring(err.state) or tostring(err),
+    tostring(errors.is(err, errors.ErrTimeout)))
 
   local f = io.open(pidfile)
   local daemon = f and tonumber(f:read("*a"))
