@@ -61,6 +61,7 @@ build = {
             "src/pool.c",
             "src/process.c",
             "src/reaper.c",
+            "src/rlimit.c",
             "src/signal.c",
             "src/slab.c",
             "src/sync.c",

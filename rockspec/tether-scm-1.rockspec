@@ -63,6 +63,7 @@ build = {
             "src/pool.c",
             "src/process.c",
             "src/reaper.c",
+            "src/rlimit.c",
             "src/signal.c",
             "src/slab.c",
             "src/sync.c",

@@ -13,6 +13,7 @@
  * host's event loop; other threads of such hosts block it already), so the host's handler
  * never runs while it is on; tether reaps its own children through their pidfds. */
 #include "tether.h"
+#include "rlimit.h" /* cmd.rlimits and cmd.umask (rlimit.c) */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -195,10 +196,11 @@ static int proc_guard_children(lua_State *L) {
 /* ---- spawn --------------------------------------------------------------------------- */
 
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
-            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP };
+            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP,
+            STEP_SETRLIMIT };
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp" };
+                                          "tcsetpgrp", "setrlimit" };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -221,6 +223,7 @@ struct child_args {
   gid_t gid;
   gid_t *groups;
   int ngroups;
+  struct tether_child_limits limits; /* cmd.rlimits, cmd.umask */
   int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
   volatile int err;
   volatile int step;
@@ -318,6 +321,9 @@ NO_ASAN static int child_main(void *arg) {
     for (unsigned fd = (unsigned)a->nfds; fd < max_fd; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
   }
 
+  /* cmd.rlimits and cmd.umask: after the fds are in place (a low nofile would refuse the
+   * dup2s), before the ids change (root may still raise a hard limit). */
+  if (tether_apply_child_limits(&a->limits) < 0) { step = STEP_SETRLIMIT; goto fail; }
   if (a->set_groups && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0) { step = STEP_SETGROUPS; goto fail; }
   if (a->set_gid && syscall(SYS_setgid, a->gid) < 0) { step = STEP_SETGID; goto fail; }
   if (a->set_uid && syscall(SYS_setuid, a->uid) < 0) { step = STEP_SETUID; goto fail; }
@@ -375,7 +381,8 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
  * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
- * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
+ * (number), uid, gid, groups (list of gids), rlimits (list of {name, soft, hard}), umask.
+ * The Lua layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -445,6 +452,7 @@ static int proc_spawn(lua_State *L) {
     a.ngroups = 0;
   }
   if (a.pdeathsig) a.parent_pid = getpid();
+  tether_child_limits(L, 1, &a.limits); /* rlimits, umask */
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
   if (!memory_is_shared()) {
