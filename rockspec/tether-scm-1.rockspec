@@ -89,6 +89,7 @@ build = {
       ["tether.supervisor"] = "lua/tether/supervisor.lua",
       ["tether.sync"] = "lua/tether/sync.lua",
       ["tether.systemd"] = "lua/tether/systemd.lua",
+      ["tether.trace"] = "lua/tether/trace.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
    },
    install = {

@@ -13,6 +13,7 @@
 local core = require "tether.core"
 local errors = require "tether.errors"
 local wait = require "tether.wait"
+local trace = require "tether.trace" -- TETHER_TRACE / tether.trace: a line per start and end
 
 local ipairs, tostring, type = ipairs, tostring, type
 
@@ -29,6 +30,7 @@ local engine = {}
 -- begin(cmd, tasks): a command was spawned; its run record starts here.
 function engine.begin(cmd, tasks)
   cmd._run = { tasks = tasks }
+  trace.started(cmd)
 end
 
 -- tasks(cmd) -> the command's I/O tasks still to service (a list, maybe empty).
@@ -204,7 +206,7 @@ end
 
 -- Ends a wait: closes pipes, records the state, returns the command's result, in Go's
 -- order: the exit status, then the context's error (or ErrWaitDelay), then I/O errors.
-local function finish(self)
+local function finish_wait(self)
   self._waited = true
   local tasks = self._run.tasks
   self._run.tasks = nil
@@ -222,6 +224,13 @@ local function finish(self)
     if t.err then return nil, t.err end
   end
   return true
+end
+
+-- finish, and trace's end line for the command.
+local function finish(self)
+  local ok, err = finish_wait(self)
+  trace.ended(self, err)
+  return ok, err
 end
 
 engine.drive, engine.finish = drive, finish

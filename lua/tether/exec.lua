@@ -11,6 +11,7 @@ local wait = require "tether.wait"
 local process = require "tether.process"
 local pipes = require "tether.pipe"
 local engine = require "tether.engine"
+local childopts = require "tether.childopts" -- extra_env, rlimits, umask
 
 local type, tostring, pairs, ipairs, setmetatable, error, select =
   type, tostring, pairs, ipairs, setmetatable, error, select
@@ -194,7 +195,7 @@ end
 
 --- cmd:environ() -> the environment the child gets, as a list {"K=V", ...}.
 function Cmd:environ()
-  local l = env_list(self.env)
+  local l = childopts.extra_env(env_list(self.env), self.extra_env, 2)
   if l then return l end
   return core.env_list()
 end
@@ -218,7 +219,7 @@ local function validate(self)
     if type(self.dir) ~= "string" then error("exec: cmd.dir must be a string", 3) end
     if has_nul(self.dir) then error("exec: cmd.dir contains NUL", 3) end
   end
-  local env = env_list(self.env)
+  local env = childopts.extra_env(env_list(self.env), self.extra_env, 3) -- on top of env or environ
   local pgid
   if self.setpgid == true then pgid = 0
   elseif is_fdnum(self.setpgid) then pgid = self.setpgid
@@ -258,6 +259,8 @@ local function validate(self)
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
+  childopts.rlimits(self.rlimits, 3) -- raise now, before any fd or process exists
+  childopts.umask(self.umask, 3)
   return env, pgid, pdeathsig
 end
 
@@ -358,6 +361,7 @@ function Cmd:start()
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
     uid = self.uid, gid = self.gid, groups = self.groups,
+    rlimits = childopts.rlimits(self.rlimits, 2), umask = childopts.umask(self.umask, 2),
   }
   close_all(close_after)
   self._child_ends = nil

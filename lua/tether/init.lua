@@ -196,6 +196,23 @@ function tether.main(fn, ...)
   tether.exit(type(res[2]) == "number" and res[2] or 0)
 end
 
+--- trace([fn]) -> the previous setting. Reports every command tether starts and every
+-- command whose wait ends, one line each (the argv as tostring(cmd) quotes it, the pid,
+-- for the end the time since the start and the status):
+--   tether: start pid 4242: /bin/sh -c 'echo hi'
+--   tether: end pid 4242 after 0.004s: exit status 0: /bin/sh -c 'echo hi'
+-- fn: a function, called as fn(line, info) (info: event "start"|"end", cmd, argv, pid,
+-- and for "end" duration, state, status, err); true: the lines go to stderr; false: off,
+-- whatever TETHER_TRACE says; nil: the default, TETHER_TRACE decides (set to anything
+-- but "" or "0" in the environment: lines to stderr). An error in fn is reported on
+-- stderr and does not affect the command.
+function tether.trace(fn)
+  if fn ~= nil and type(fn) ~= "function" and type(fn) ~= "boolean" then
+    error("bad argument #1 to 'trace' (function, boolean or nil expected, got " .. type(fn) .. ")", 2)
+  end
+  return require("tether.trace").set(fn)
+end
+
 --- set_waiter(fn): makes every blocking call in tether wait through
 -- fn(fd, events, timeout) (fd an integer, events "r"/"w"/"rw", timeout
 -- seconds or nil; fd -1 means "just sleep"), e.g. to yield in a coroutine
