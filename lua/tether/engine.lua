@@ -137,8 +137,9 @@ end
 -- drive(cmds, deadline) -> true | nil, err: services the I/O tasks of every cmd and
 -- reaps every process, until all processes exited and all I/O reached its end. One loop
 -- for all, so a pipeline's stages never wait on each other through Lua. A command's
--- context and wait_delay are watched here too.
-local function drive(cmds, deadline, wctx)
+-- context and wait_delay are watched here too. With `any` (exec.output_all), returns
+-- true, c as soon as one command c has exited and its I/O has ended.
+local function drive(cmds, deadline, wctx, any)
   local last_pass = false -- the deadline passed as an fd turned ready: one more pass takes it
   while true do
     if wctx and wctx:done() then return nil, wctx:err() end
@@ -180,6 +181,7 @@ local function drive(cmds, deadline, wctx)
         end
       end
       if busy and c._run.delay_at and (not d or c._run.delay_at < d) then d = c._run.delay_at end
+      if any and not busy then return true, c end
     end
     local list = {}
     for i, c in ipairs(pids) do list[2 * i - 1], list[2 * i] = c.process:pollfd(), "r" end

@@ -285,6 +285,7 @@ local function stdio_fd(self, i, v, close_after, tasks, shared)
   if is_file(v) or is_tfd(v) then return core.fileno(v) end
   if getmetatable(v) == Reader or getmetatable(v) == Writer then
     if not v._fd then error("exec: cmd." .. name .. " is a closed pipe", 4) end
+    v._fd:set_nonblock(false) -- the child gets it in blocking mode (exec.pipe() ends)
     return v._fd
   end
   if i == 1 then
@@ -354,7 +355,9 @@ function Cmd:start()
   for _, fd in ipairs(self._child_ends or {}) do close_after[#close_after + 1] = fd end
   for i, f in ipairs(self.extra_files or {}) do
     if type(f) == "number" or is_file(f) or is_tfd(f) then fds[3 + i] = f
-    elseif getmetatable(f) == Reader or getmetatable(f) == Writer then fds[3 + i] = f._fd
+    elseif getmetatable(f) == Reader or getmetatable(f) == Writer then
+      if f._fd then f._fd:set_nonblock(false) end -- the child gets it in blocking mode (exec.pipe() ends)
+      fds[3 + i] = f._fd
     else error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 2) end
   end
   local p, errno, step = core.spawn {
@@ -412,8 +415,9 @@ function Cmd:run()
   return self:wait()
 end
 
--- Captures stdout (and stderr into `combined`) into tether buffers and runs.
-local function capture(self, combined)
+-- Sets stdout (and stderr into `combined`) to tether buffers, before start; returns
+-- what capture_end takes, or nil, err. (output, combined_output, output_all)
+local function capture_begin(self, combined)
   if self.stdout ~= nil then return nil, state_error("exec: Stdout already set") end
   if combined and self.stderr ~= nil then return nil, state_error("exec: Stderr already set") end
   local out = core.buffer(self.max_output)
@@ -424,16 +428,28 @@ local function capture(self, combined)
     errbuf = core.buffer(STDERR_KEEP)
     self.stderr = errbuf
   end
-  local ok, err = self:run()
-  local data = out:result()
-  self.truncated = out:truncated()
-  out:free()
-  if errbuf then
-    if err and err.state then err.stderr = errbuf:result() end
-    errbuf:free()
+  return { out = out, errbuf = errbuf }
+end
+
+-- After the run (ok, err as run returns them): frees the buffers; returns the output
+-- as output() does.
+local function capture_end(self, cap, ok, err)
+  local data = cap.out:result()
+  self.truncated = cap.out:truncated()
+  cap.out:free()
+  if cap.errbuf then
+    if err and err.state then err.stderr = cap.errbuf:result() end
+    cap.errbuf:free()
   end
   if not ok then return nil, err, data end
   return data
+end
+
+-- Captures stdout (and stderr into `combined`) into tether buffers and runs.
+local function capture(self, combined)
+  local cap, cerr = capture_begin(self, combined)
+  if not cap then return nil, cerr end
+  return capture_end(self, cap, self:run())
 end
 
 --- cmd:output() -> stdout as a string | nil, err [, partial output].
@@ -523,6 +539,97 @@ function exec.pipeline(cmds)
   end
   if failed then failed.states = states; return nil, failed end
   return states
+end
+
+---------------------------------------------------------------------------
+-- output_all, pipe
+
+--- output_all(cmds [, opts]) -> outs, errs. Runs the Cmds (not started, stdout not
+-- set) with at most opts.limit of them alive at once (default tether.cpus()), each as
+-- cmd:output() would: outs[i] is cmd i's stdout (a string) or false, errs[i] nil or its
+-- error (an ExitError carries err.stderr when cmd.stderr was nil), both in input order.
+-- The next command starts as soon as one ends, whichever it is. opts.ctx: a context;
+-- once it is done no further command starts (outs[i] false, errs[i] ctx's error), and
+-- the running ones get it as their command context (killed, as command_context does)
+-- unless they have a context of their own. Misuse (not a list of Cmds, a bad limit,
+-- an unknown option) raises.
+function exec.output_all(cmds, opts)
+  if type(cmds) ~= "table" then argerror(1, "output_all", "list of commands expected, got " .. type(cmds)) end
+  local n = #cmds
+  for i = 1, n do
+    if getmetatable(cmds[i]) ~= Cmd then argerror(1, "output_all", ("element %d is not a Cmd"):format(i)) end
+  end
+  if opts ~= nil and type(opts) ~= "table" then argerror(2, "output_all", "table expected, got " .. type(opts)) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "limit" and k ~= "ctx" then argerror(2, "output_all", "unknown option " .. tostring(k)) end
+  end
+  local limit, ctx = opts.limit, opts.ctx
+  if limit == nil then limit = require("tether").cpus()
+  elseif type(limit) ~= "number" or limit < 1 or limit ~= math.floor(limit) then
+    argerror(2, "output_all", "limit must be a positive integer")
+  end
+  if ctx ~= nil and not wait.is_context(ctx) then argerror(2, "output_all", "ctx must be a context") end
+  local outs, errs, running, nexti = {}, {}, {}, 1
+  local function done(r, ok, err)
+    local data, e = capture_end(r.cmd, r.cap, ok, err)
+    outs[r.i], errs[r.i] = data or false, e
+  end
+  while true do
+    while #running < limit and nexti <= n do
+      local i, c = nexti, cmds[nexti]
+      nexti = nexti + 1
+      if ctx and ctx:done() then
+        outs[i], errs[i] = false, ctx:err()
+      else
+        local cap, err = capture_begin(c, false)
+        if not cap then outs[i], errs[i] = false, err
+        else
+          if ctx and not c.ctx then c.ctx = ctx end
+          local ok, serr = c:start()
+          if ok then running[#running + 1] = { i = i, cmd = c, cap = cap }
+          else done({ i = i, cmd = c, cap = cap }, nil, serr) end
+        end
+      end
+    end
+    if #running == 0 then break end
+    local list = {}
+    for j, r in ipairs(running) do list[j] = r.cmd end
+    local ok, c = drive(list, nil, nil, true)
+    if not ok then -- the wait itself failed (not a command): stop them all, report it
+      for _, r in ipairs(running) do
+        r.cmd.process:kill()
+        r.cmd.process:wait()
+        r.cmd._waited = true
+        r.cmd:_close_pipes()
+        done(r, nil, c)
+      end
+      running = {}
+    else
+      for j, r in ipairs(running) do
+        if r.cmd == c then
+          table.remove(running, j)
+          done(r, finish(c))
+          break
+        end
+      end
+    end
+  end
+  for i = 1, n do if outs[i] == nil then outs[i] = false end end
+  return outs, errs
+end
+
+--- pipe() -> Reader, Writer | nil, err: a new pipe (Go's os.Pipe), for wiring children
+-- by hand: either end may be a Cmd's stdin/stdout/stderr or an entry of extra_files
+-- (an end handed to a child reaches it in blocking mode), and the Lua side reads the
+-- Reader or writes the Writer as any other pipe. Close the ends the parent does not use
+-- once the children have started, or a reader never sees EOF.
+function exec.pipe()
+  local r, w = core.pipe()
+  if not r then return nil, errors.from_errno("pipe", nil, w) end
+  r:set_nonblock(true)
+  w:set_nonblock(true)
+  return new_reader(r), new_writer(w)
 end
 
 exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer
