@@ -50,6 +50,7 @@ build = {
       ["tether.core"] = {
          sources = {
             "src/buffer.c",
+            "src/children.c",
             "src/copy.c",
             "src/core.c",
             "src/cpus.c",
@@ -59,6 +60,9 @@ build = {
             "src/lane.c",
             "src/pgroup.c",
             "src/pool.c",
+            "src/poolmap.c",
+            "src/pooltask.c",
+            "src/poolworker.c",
             "src/process.c",
             "src/reaper.c",
             "src/rlimit.c",
@@ -67,6 +71,7 @@ build = {
             "src/sync.c",
             "src/sys.c",
             "src/systemd.c",
+            "src/util.c",
          },
          libraries = { "pthread" },
          incdirs = { "src" },

@@ -52,6 +52,7 @@ build = {
       ["tether.core"] = {
          sources = {
             "src/buffer.c",
+            "src/children.c",
             "src/copy.c",
             "src/core.c",
             "src/cpus.c",
@@ -61,6 +62,9 @@ build = {
             "src/lane.c",
             "src/pgroup.c",
             "src/pool.c",
+            "src/poolmap.c",
+            "src/pooltask.c",
+            "src/poolworker.c",
             "src/process.c",
             "src/reaper.c",
             "src/rlimit.c",
@@ -69,6 +73,7 @@ build = {
             "src/sync.c",
             "src/sys.c",
             "src/systemd.c",
+            "src/util.c",
          },
          libraries = { "pthread" },
          incdirs = { "src" },
