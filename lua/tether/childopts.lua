@@ -81,7 +81,7 @@ function childopts.rlimits(map, level)
   sort(names)
   local list = {}
   for _, k in ipairs(names) do
-    local v, soft, hard = map[k], nil, nil
+    local v, soft, hard = map[k]
     if type(v) == "table" then
       if #v ~= 2 then error(("exec: cmd.rlimits.%s must be a number or {soft, hard}"):format(k), level) end
       soft = limit_value(v[1], "cmd.rlimits." .. k .. "[1]", level)
