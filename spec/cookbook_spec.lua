@@ -72,7 +72,12 @@ describe("docs/cookbook.md", function()
         util.defer(function() util.sh("rm -rf " .. util.shquote(dir)) end)
         util.writefile(dir .. "/snippet.lua", s.code)
         local marker = ("TETHER_COOKBOOK=%d.%d.%d"):format(util.pid(), i, math.random(1, 1e9))
-        local out, code = util.sh("cd " .. util.shquote(dir) .. " && " .. marker ..
+        -- Under make check-asan, LeakSanitizer's exit-time tracer crashes (exit 1) in a
+        -- process that exits while tether.fs lane threads are parked (task 9); the
+        -- snippets are not the leak check (the module specs are), so it is off for them.
+        local asan = os.getenv("ASAN_OPTIONS") and
+          (" ASAN_OPTIONS=" .. util.shquote(os.getenv("ASAN_OPTIONS") .. ":detect_leaks=0")) or ""
+        local out, code = util.sh("cd " .. util.shquote(dir) .. " && " .. marker .. asan ..
           " timeout -s KILL 60 " .. util.shquote(util.lua()) .. " snippet.lua 2>&1")
         assert.are.equal(0, code, "docs/cookbook.md:" .. s.line .. " failed:\n" .. out)
         -- A process the snippet killed may take a moment to be reaped by whoever inherited it.

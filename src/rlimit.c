@@ -65,6 +65,11 @@ void tether_child_limits(lua_State *L, int idx, struct tether_child_limits *out)
   lua_pop(L, 1);
 }
 
+/* Runs in the child, on a stack borrowed from the parent: no ASan stack instrumentation
+ * (as process.c's child_main). */
+#if defined(__SANITIZE_ADDRESS__)
+__attribute__((no_sanitize_address))
+#endif
 int tether_apply_child_limits(const struct tether_child_limits *l) {
   for (int i = 0; i < l->n; i++) {
     uint64_t lim[2] = { l->lim[i].cur, l->lim[i].max }; /* struct rlimit64 */
