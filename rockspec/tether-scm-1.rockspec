@@ -79,6 +79,7 @@ build = {
          incdirs = { "src" },
       },
       ["tether"] = "lua/tether/init.lua",
+      ["tether.childopts"] = "lua/tether/childopts.lua",
       ["tether.context"] = "lua/tether/context.lua",
       ["tether.engine"] = "lua/tether/engine.lua",
       ["tether.env"] = "lua/tether/env.lua",
