@@ -158,6 +158,15 @@ describe("exec.output_all", function()
     assert.is_true(errs[1]:is(errors.ErrNotFound))
   end)
 
+  it("raises for a command with a bad field, after stopping the ones it started", function()
+    local cmds = { exec.command("sleep", "30"), exec.command("true") }
+    cmds[2].dir = 42
+    local ok, err = pcall(exec.output_all, cmds, { limit = 2 })
+    assert.is_false(ok)
+    assert.matches("cmd.dir must be a string", tostring(err), 1, true)
+    assert.is_false(util.alive(cmds[1].process.pid))
+  end)
+
   it("raises for a list that is not of Cmds, a bad limit or an unknown option", function()
     assert.has_error(function() exec.output_all("x") end)
     assert.has_error(function() exec.output_all({ "echo" }) end, "bad argument #1 to 'output_all' (element 1 is not a Cmd)")

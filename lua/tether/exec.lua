@@ -575,6 +575,17 @@ function exec.output_all(cmds, opts)
     local data, e = capture_end(r.cmd, r.cap, ok, err)
     outs[r.i], errs[r.i] = data or false, e
   end
+  -- Kills and reaps every running command (a misuse raised, or the wait itself failed).
+  local function stop_all(err)
+    for _, r in ipairs(running) do
+      r.cmd.process:kill()
+      r.cmd.process:wait()
+      r.cmd._waited = true
+      r.cmd:_close_pipes()
+      done(r, nil, err)
+    end
+    running = {}
+  end
   while true do
     while #running < limit and nexti <= n do
       local i, c = nexti, cmds[nexti]
@@ -586,7 +597,12 @@ function exec.output_all(cmds, opts)
         if not cap then outs[i], errs[i] = false, err
         else
           if ctx and not c.ctx then c.ctx = ctx end
-          local ok, serr = c:start()
+          local raised, ok, serr = pcall(c.start, c)
+          if not raised then -- misuse (a bad Cmd field): nothing may be left running
+            capture_end(c, cap, nil, nil)
+            stop_all(ok)
+            error(ok, 0)
+          end
           if ok then running[#running + 1] = { i = i, cmd = c, cap = cap }
           else done({ i = i, cmd = c, cap = cap }, nil, serr) end
         end
@@ -597,14 +613,7 @@ function exec.output_all(cmds, opts)
     for j, r in ipairs(running) do list[j] = r.cmd end
     local ok, c = drive(list, nil, nil, true)
     if not ok then -- the wait itself failed (not a command): stop them all, report it
-      for _, r in ipairs(running) do
-        r.cmd.process:kill()
-        r.cmd.process:wait()
-        r.cmd._waited = true
-        r.cmd:_close_pipes()
-        done(r, nil, c)
-      end
-      running = {}
+      stop_all(c)
     else
       for j, r in ipairs(running) do
         if r.cmd == c then
