@@ -195,9 +195,8 @@ end
 
 --- cmd:environ() -> the environment the child gets, as a list {"K=V", ...}.
 function Cmd:environ()
-  local l = childopts.extra_env(env_list(self.env), self.extra_env, 2)
-  if l then return l end
-  return core.env_list()
+  local l = env_list(self.env) or core.env_list()
+  return childopts.extra_env(l, self.extra_env, 2) -- cmd.extra_env on top
 end
 
 function Cmd:__tostring()
@@ -219,7 +218,8 @@ local function validate(self)
     if type(self.dir) ~= "string" then error("exec: cmd.dir must be a string", 3) end
     if has_nul(self.dir) then error("exec: cmd.dir contains NUL", 3) end
   end
-  local env = childopts.extra_env(env_list(self.env), self.extra_env, 3) -- on top of env or environ
+  local env = env_list(self.env)
+  childopts.extra_env({}, self.extra_env, 3) -- raise now for a bad extra_env; start applies it
   local pgid
   if self.setpgid == true then pgid = 0
   elseif is_fdnum(self.setpgid) then pgid = self.setpgid
@@ -285,7 +285,9 @@ local function stdio_fd(self, i, v, close_after, tasks, shared)
   if is_file(v) or is_tfd(v) then return core.fileno(v) end
   if getmetatable(v) == Reader or getmetatable(v) == Writer then
     if not v._fd then error("exec: cmd." .. name .. " is a closed pipe", 4) end
-    v._fd:set_nonblock(false) -- the child gets it in blocking mode (exec.pipe() ends)
+    -- the child gets it in blocking mode (exec.pipe() ends); a child-side reopen that
+    -- leaves the parent's end alone supersedes this line where it exists
+    v._fd:set_nonblock(false)
     return v._fd
   end
   if i == 1 then
@@ -360,6 +362,7 @@ function Cmd:start()
       fds[3 + i] = f._fd
     else error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 2) end
   end
+  env = childopts.extra_env(env, self.extra_env) -- on top of env or the inherited environment
   local p, errno, step = core.spawn {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
