@@ -31,6 +31,7 @@ LDFLAGS += -shared -pthread
 # What make test and make demo need, from Debian's packages.
 DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix \
   nginx libnginx-mod-http-lua curl lua-check cppcheck tini valgrind \
+  lua5.1 liblua5.1-0-dev zip unzip \
   python3 # spec/pty_spec.lua drives python3 prompts under a pty
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
@@ -162,6 +163,15 @@ install: $(CORE)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	sed 's|^lua=lua #|lua=$(shell command -v $(LUA_BIN) || echo $(LUA_BIN)) #|' bin/tether-init > $(DESTDIR)$(PREFIX)/bin/tether-init
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/tether-init
+
+# make rock [ROCK_VERSION=0.2.0-1] [ROCK_DIR=build/rock]: packs rockspec/tether-$(ROCK_VERSION).rockspec
+# and the checkout into $(ROCK_DIR)/tether-$(ROCK_VERSION).src.rock (scripts/make-rock.sh), which
+# `luarocks --lua-version=5.4 install FILE` builds and installs offline (RELEASING.md).
+ROCK_VERSION ?= 0.2.0-1
+ROCK_DIR ?= build/rock
+.PHONY: rock
+rock:
+	@sh scripts/make-rock.sh $(ROCK_VERSION) $(ROCK_DIR)
 
 clean:
 	rm -rf build

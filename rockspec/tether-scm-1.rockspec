@@ -2,33 +2,41 @@
 --
 -- Install from a checkout (run from the repository root, where src/ and
 -- lua/ are):
---   luarocks make rockspec/tether-scm-1.rockspec
+--   luarocks --lua-version=5.4 make rockspec/tether-scm-1.rockspec
 --   luarocks --lua-version=5.4 make rockspec/tether-scm-1.rockspec --tree DIR
 --
 -- Every C file in src/ is listed below: keep the list in step with src/
--- (spec/install_spec.lua checks that it is).
+-- (spec/install_spec.lua checks that it is), and the same in tether-0.2.0-1.rockspec.
+-- The source URL is the project's placeholder until it is published (RELEASING.md).
 rockspec_format = "3.0"
 package = "tether"
 version = "scm-1"
 
 source = {
-   url = "git+https://example.invalid/tether.git",
+   url = "git+https://github.com/tether-lua/tether.git",
+   branch = "main",
 }
 
 description = {
    summary = "Go's os/exec, os/signal and context for Lua, with a C core",
    detailed = [[
-tether brings Go's process model to Lua: run commands and capture their
-output (tether.exec), with error objects that say what failed
-(tether.errors), a locked process environment (tether.env), and signal
-handling, contexts, bounded file-I/O lanes and pinned worker pools to
-come. The C core spawns with clone(CLONE_VM|CLONE_VFORK), backs every
-child with a pidfd, never blocks, and never steals the host's children or
-signal handlers. Lua 5.4 first; Lua 5.1, 5.3 and LuaJIT as well; Linux.
+tether brings Go's process model to Lua: run commands, feed and capture
+their output, pipelines and exit statuses with rusage (tether.exec), error
+objects that say what failed (tether.errors), a locked process environment
+(tether.env), signal channels (tether.signal), cancellation and deadlines
+(tether.context), a bounded file-I/O lane (tether.fs) and weighted
+semaphores (tether.sync), pinned worker pools (tether.pool), a supervisor
+with restart policies and backoff (tether.supervisor), systemd
+notifications (tether.systemd), reaper mode (tether.reaper) and a PID-1
+init written on the library (bin/tether-init). The C core spawns with
+clone(CLONE_VM|CLONE_VFORK), backs every child with a pidfd, never blocks,
+and never steals the host's children or signal handlers; the same code
+blocks in poll(2) in a script or yields inside cqueues or OpenResty.
+Lua 5.4 first; Lua 5.1, 5.3 and LuaJIT as well; Linux.
 ]],
    license = "MIT",
-   homepage = "https://example.invalid/tether",
-   issues_url = "https://example.invalid/tether/issues",
+   homepage = "https://github.com/tether-lua/tether",
+   issues_url = "https://github.com/tether-lua/tether/issues",
    labels = { "process", "exec", "subprocess", "signal", "context", "linux" },
 }
 
@@ -66,6 +74,7 @@ build = {
             "src/pty.c",
             "src/reaper.c",
             "src/relay.c",
+            "src/rlimit.c",
             "src/signal.c",
             "src/slab.c",
             "src/sync.c",
@@ -78,6 +87,7 @@ build = {
       },
       ["tether"] = "lua/tether/init.lua",
       ["tether.cgroup"] = "lua/tether/cgroup.lua",
+      ["tether.childopts"] = "lua/tether/childopts.lua",
       ["tether.context"] = "lua/tether/context.lua",
       ["tether.engine"] = "lua/tether/engine.lua",
       ["tether.env"] = "lua/tether/env.lua",
@@ -96,6 +106,7 @@ build = {
       ["tether.sync"] = "lua/tether/sync.lua",
       ["tether.systemd"] = "lua/tether/systemd.lua",
       ["tether.terminal"] = "lua/tether/terminal.lua",
+      ["tether.trace"] = "lua/tether/trace.lua",
       ["tether.wait"] = "lua/tether/wait.lua",
    },
    install = {

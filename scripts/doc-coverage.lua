@@ -5,9 +5,13 @@
 -- skipped), every function assigned to the module table (function M.x, M.x = ...,
 -- also nested like tether.waiters.x) and every method of a class (function Cmd:x);
 -- in src/*.c, every name in a luaL_Reg array and every lua_setfield'ed C function.
--- Names starting with "_" are private. A Lua name is documented when some
--- DIR/*.md says `name(` (so also `:name(` and `.name(`); a C core name when
--- DIR/internals.md says `name(` or lists it as `name` (in backquotes).
+-- Names starting with "_" are private. A Lua name is documented when a line of some
+-- DIR/*.md introduces it, qualified, as a call: `x.name(`, `x:name(` or `x.name{` (x any
+-- identifier: `exec.look_path(`, `cmd:wait(`), in a heading (`## exec.look_path(name)`),
+-- the first cell of a table row, a list item's leading code span, or a line that starts
+-- with a code span. A bare `name(` in running text, or in a code block, does not count.
+-- A C core name is documented when DIR/internals.md says `name(` or lists it as `name`
+-- (in backquotes).
 --
 -- Prints the missing names and exits 1, or prints "doc coverage: N of N documented".
 -- Runs on Lua 5.1 to 5.4 and LuaJIT; needs only `ls`.
@@ -125,9 +129,34 @@ local function documented(text, name)
   return s:find("[^%w_]" .. escape(name) .. "%(") ~= nil
 end
 
+-- The lines of the docs that introduce names: headings, the first cell of table rows,
+-- list items' leading code spans, lines that start with a code span (outside ``` blocks).
+local introducing = {}
+for _, text in ipairs(docs) do
+  local in_code = false
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    if line:match("^%s*```") then in_code = not in_code
+    elseif not in_code then
+      local intro = line:match("^#+%s+(.*)$") or line:match("^%s*|([^|]*)|")
+        or line:match("^%s*[-*]%s+(`[^`]*`)") or line:match("^(`[^`]*`)")
+      if intro then introducing[#introducing + 1] = intro end
+    end
+  end
+end
+local intro_text = "\n" .. table.concat(introducing, "\n")
+
+-- A Lua name is introduced qualified: x.name( / x:name( / x.name{ (see the header).
+local function introduced(name)
+  return intro_text:find("[%w_][.:]" .. escape(name) .. "[({]") ~= nil
+end
+
 local missing = {}
 for _, name in ipairs(lua_names) do
-  if not documented(all_docs, name) then missing[#missing + 1] = ("%s (%s)"):format(name, lua_where[name]) end
+  if not introduced(name) then
+    missing[#missing + 1] = ("%s (%s)%s"):format(name, lua_where[name], documented(all_docs, name)
+      and ": only mentioned in passing, never introduced as x.name(...) in a heading, table row or signature line"
+      or "")
+  end
 end
 for _, name in ipairs(c_names) do
   -- internals.md lists the core's names in tables: `name` counts there as well as `name(`.

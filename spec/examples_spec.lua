@@ -177,6 +177,22 @@ describe("examples", function()
     })
   end)
 
+  it("parallel.lua runs 12 jobs with output_all, in input order, one failure with its stderr", function()
+    local out, err, code = run_example("parallel.lua", "TETHER_TRACE=1", 30)
+    assert.are.equal(0, code, err)
+    local want = {}
+    for i = 1, 12 do
+      want[#want + 1] = i == 7 and "job 7 failed: exit code 2, stderr: job 7: disk full" or ("job %d done"):format(i)
+    end
+    want[#want + 1] = "12 jobs, 1 failed, limit 4, "
+    assert_lines_in_order(out, want)
+    local starts, ends = 0, 0
+    for _ in err:gmatch("tether: start pid") do starts = starts + 1 end
+    for _ in err:gmatch("tether: end pid") do ends = ends + 1 end
+    assert.are.equal(12, starts, err)
+    assert.are.equal(12, ends, err)
+  end)
+
   it("bounded_read.lua reads files through the lane in order and prints the thread counts", function()
     local out, err, code = run_example("bounded_read.lua", nil, 60)
     assert.are.equal(0, code, err)

@@ -10,6 +10,8 @@
 
 local LUA = os.getenv("TETHER_LUA") or "lua5.4"
 local ROCKSPEC = "rockspec/tether-scm-1.rockspec"
+local RELEASE = "0.2.0-1"
+local RELEASE_ROCKSPEC = "rockspec/tether-" .. RELEASE .. ".rockspec"
 
 local function shquote(s)
   return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
@@ -79,39 +81,58 @@ local function sorted_keys(t)
   return keys
 end
 
+-- Both rockspecs build the same modules from the same files.
+for _, rs in ipairs({ { file = ROCKSPEC, version = "scm-1" }, { file = RELEASE_ROCKSPEC, version = RELEASE } }) do
+  describe(rs.file, function()
+    it("lists every C file in src/ as a source of tether.core", function()
+      local spec = load_rockspec(ROOT .. "/" .. rs.file)
+      local core = spec.build.modules["tether.core"]
+      local listed = {}
+      for _, s in ipairs(core.sources) do listed[#listed + 1] = s end
+      table.sort(listed)
+      assert.are.same(lines_of("cd " .. shquote(ROOT) .. " && ls src/*.c"), listed)
+    end)
+
+    it("maps every Lua file under lua/tether/ to its module name", function()
+      local spec = load_rockspec(ROOT .. "/" .. rs.file)
+      local want = {}
+      for _, file in ipairs(lines_of("cd " .. shquote(ROOT) .. " && find lua/tether -name '*.lua'")) do
+        local name = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/", "."):gsub("%.init$", "")
+        want[name] = file
+      end
+      local got = {}
+      for name, v in pairs(spec.build.modules) do
+        if type(v) == "string" then got[name] = v end
+      end
+      assert.are.same(want, got)
+    end)
+
+    it("declares the package, version, license and Lua dependency", function()
+      local spec = load_rockspec(ROOT .. "/" .. rs.file)
+      assert.are.equal("tether", spec.package)
+      assert.are.equal(rs.version, spec.version)
+      assert.are.equal("MIT", spec.description.license)
+      assert.are.equal("builtin", spec.build.type)
+      assert.are.same({ "lua >= 5.1" }, spec.dependencies)
+    end)
+
+    it("has a description that describes what exists (nothing 'to come') and no example.invalid URL", function()
+      local spec = load_rockspec(ROOT .. "/" .. rs.file)
+      local text = spec.description.summary .. "\n" .. spec.description.detailed
+      assert.is_nil(text:find("to come", 1, true), text)
+      assert.is_nil(text:find("not yet", 1, true), text)
+      for _, m in ipairs({ "exec", "signal", "context", "fs", "sync", "pool", "supervisor", "reaper" }) do
+        assert.is_truthy(text:find("tether." .. m, 1, true), "the description does not name tether." .. m)
+      end
+      for _, url in ipairs({ spec.source.url, spec.description.homepage, spec.description.issues_url }) do
+        assert.is_nil(url:find("example.invalid", 1, true), url)
+        assert.is_truthy(url:match("^[%w+]+://[%w.-]+/"), url)
+      end
+    end)
+  end)
+end
+
 describe("rockspec/tether-scm-1.rockspec", function()
-  it("lists every C file in src/ as a source of tether.core", function()
-    local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
-    local core = spec.build.modules["tether.core"]
-    local listed = {}
-    for _, s in ipairs(core.sources) do listed[#listed + 1] = s end
-    table.sort(listed)
-    assert.are.same(lines_of("cd " .. shquote(ROOT) .. " && ls src/*.c"), listed)
-  end)
-
-  it("maps every Lua file under lua/tether/ to its module name", function()
-    local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
-    local want = {}
-    for _, file in ipairs(lines_of("cd " .. shquote(ROOT) .. " && find lua/tether -name '*.lua'")) do
-      local name = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/", "."):gsub("%.init$", "")
-      want[name] = file
-    end
-    local got = {}
-    for name, v in pairs(spec.build.modules) do
-      if type(v) == "string" then got[name] = v end
-    end
-    assert.are.same(want, got)
-  end)
-
-  it("declares the package, version, license and Lua dependency", function()
-    local spec = load_rockspec(ROOT .. "/" .. ROCKSPEC)
-    assert.are.equal("tether", spec.package)
-    assert.are.equal("scm-1", spec.version)
-    assert.are.equal("MIT", spec.description.license)
-    assert.are.equal("builtin", spec.build.type)
-    assert.are.same({ "lua >= 5.1" }, spec.dependencies)
-  end)
-
   if sh("command -v luarocks >/dev/null") ~= 0 then
     pending("luarocks is not installed (apt-get install luarocks): `luarocks make --tree` not checked")
     return
@@ -249,5 +270,117 @@ print("output " .. tostring(out and out:gsub("\n", "") or err))
       assert.is_nil(out:find(ROOT .. "/build/", 1, true), "loaded from the checkout's build/:\n" .. out)
       assert.is_nil(out:find(ROOT .. "/lua/", 1, true), "loaded from the checkout's lua/:\n" .. out)
     end)
+  end)
+end)
+
+-- `make rock` and an offline `luarocks install` of the .src.rock it builds, for Lua 5.4 and
+-- 5.1, each into its own tree; an interpreter of that version that sees only its tree then
+-- requires tether and runs a command. The install runs without a network (a new network
+-- namespace, when unshare works here) to show that nothing is downloaded. Builds tether.core
+-- twice (about 15 s): it runs once, in the main run, not in CI's shortened extra runs.
+describe("make rock", function()
+  if os.getenv("TETHER_SCALE") or os.getenv("TETHER_VALGRIND") then
+    pending("runs once, in the main run (TETHER_SCALE/TETHER_VALGRIND set: a shortened extra run)")
+    return
+  end
+  if sh("command -v luarocks >/dev/null && command -v zip >/dev/null") ~= 0 then
+    pending("luarocks or zip is not installed (make deps installs them)")
+    return
+  end
+  local tmp, rock, make_status, make_log
+  local offline = sh("unshare -n true") == 0 and "unshare -n " or ""
+
+  lazy_setup(function()
+    local status, out = sh("mktemp -d \"${TMPDIR:-/tmp}/tether-rock.XXXXXX\"")
+    assert(status == 0, out)
+    tmp = out:gsub("%s+$", "")
+    make_status, make_log = sh("cd " .. shquote(ROOT) .. " && make --no-print-directory rock ROCK_DIR=" ..
+      shquote(tmp .. "/out"))
+    rock = tmp .. "/out/tether-" .. RELEASE .. ".src.rock"
+  end)
+
+  lazy_teardown(function()
+    if tmp and tmp:match("/tether%-rock%.[%w]+$") then sh("rm -rf " .. shquote(tmp)) end
+  end)
+
+  it("builds tether-" .. RELEASE .. ".src.rock holding the rockspec and the sources, without build products", function()
+    assert(make_status == 0, "make rock failed:\n" .. tostring(make_log))
+    assert.is_true(exists(rock), make_log)
+    local status, out = sh("unzip -Z1 " .. shquote(rock))
+    assert(status == 0, out)
+    local names = {}
+    for l in out:gmatch("[^\n]+") do names[l] = true end
+    assert.is_true(names["tether-" .. RELEASE .. ".rockspec"], out)
+    assert.is_true(names["tether/src/process.c"], out)
+    assert.is_true(names["tether/lua/tether/exec.lua"], out)
+    assert.is_true(names["tether/bin/tether-init"], out)
+    for name in pairs(names) do
+      assert.is_nil(name:match("%.o$") or name:match("%.so$") or name:match("^tether/build/"), name)
+    end
+  end)
+
+  for _, v in ipairs({ { lua = "5.4", bin = "lua5.4" }, { lua = "5.1", bin = "lua5.1" } }) do
+    it("installs offline with luarocks --lua-version=" .. v.lua .. " into a tree that " .. v.bin ..
+      " requires tether from", function()
+      assert(make_status == 0, "make rock failed:\n" .. tostring(make_log))
+      local tree = tmp .. "/tree-" .. v.lua
+      local status, out = sh("cd " .. shquote(tmp) .. " && env -u LUA_PATH -u LUA_CPATH -u LUA_INIT" ..
+        " -u LUA_PATH_5_4 -u LUA_CPATH_5_4 " .. offline .. "luarocks --lua-version=" .. v.lua ..
+        " install " .. shquote(rock) .. " --tree " .. shquote(tree))
+      assert(status == 0, "luarocks install failed:\n" .. out)
+      local share, lib = tree .. "/share/lua/" .. v.lua, tree .. "/lib/lua/" .. v.lua
+      local script = tmp .. "/check-" .. v.lua .. ".lua"
+      local f = assert(io.open(script, "w"))
+      f:write([=[
+local tether = require "tether"
+local exec = require "tether.exec"
+print("version " .. _VERSION)
+print("cpus " .. tostring(tether.cpus() >= 1))
+for line in io.lines("/proc/self/maps") do
+  local file = line:match("%s(/%S*tether/core%.so)$")
+  if file then print("mapped " .. file) end
+end
+print("tether " .. (debug.getinfo(tether.sleep, "S").source:gsub("^@", "")))
+print("output " .. assert(exec.command("sh", "-c", "echo from-the-tree"):output()):gsub("\n", ""))
+]=])
+      f:close()
+      status, out = sh("cd " .. shquote(tmp) .. " && env -u LUA_INIT -u LUA_PATH_5_4 -u LUA_CPATH_5_4" ..
+        " LUA_PATH=" .. shquote(share .. "/?.lua;" .. share .. "/?/init.lua") ..
+        " LUA_CPATH=" .. shquote(lib .. "/?.so") .. " " .. v.bin .. " " .. shquote(script))
+      assert(status == 0, v.bin .. " could not use the installed tether:\n" .. out)
+      assert.is_truthy(out:find("version Lua " .. v.lua, 1, true), out)
+      assert.is_truthy(out:find("mapped " .. lib .. "/tether/core.so", 1, true), out)
+      assert.is_truthy(out:find("tether " .. share .. "/tether/init.lua", 1, true), out)
+      assert.is_truthy(out:find("output from-the-tree", 1, true), out)
+      assert.is_truthy(out:find("cpus true", 1, true), out)
+    end)
+  end
+end)
+
+describe("the rockspecs and the README's luarocks commands", function()
+  it("pass `luarocks lint`", function()
+    if sh("command -v luarocks >/dev/null") ~= 0 then
+      pending("luarocks is not installed")
+      return
+    end
+    for _, file in ipairs({ ROCKSPEC, RELEASE_ROCKSPEC }) do
+      local status, out = sh("cd " .. shquote(ROOT) .. " && luarocks lint " .. file)
+      assert(status == 0, file .. ": " .. out)
+      assert.are.equal("", out)
+    end
+  end)
+
+  it("name the Lua version in every luarocks command of README.md", function()
+    local f = assert(io.open(ROOT .. "/README.md"))
+    local text = f:read("*a")
+    f:close()
+    local n = 0
+    for line in text:gmatch("[^\n]+") do
+      if line:match("^%s*luarocks ") then
+        n = n + 1
+        assert.is_truthy(line:find("--lua-version=", 1, true), line)
+      end
+    end
+    assert.is_true(n >= 2, "README.md shows no luarocks command")
   end)
 end)

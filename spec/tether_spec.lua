@@ -153,6 +153,45 @@ describe("tether.main(fn)", function()
     assert.are.equal(1, code)
   end)
 
+  it("prefixes an error object with the place it came from, and prints a traceback", function()
+    local out, err, code = util.lua_run([[
+      local tether, exec = require "tether", require "tether.exec"
+      local function start_it()
+        local ok, e = exec.command("tether-no-such-binary"):start()
+        error(e)
+      end
+      tether.main(function()
+        start_it()
+      end)
+    ]])
+    assert.are.equal("", out)
+    local first = err:match("^[^\n]*")
+    assert.are.equal('(command line):4: exec: "tether-no-such-binary": executable file not found in $PATH', first)
+    assert.matches("\nstack traceback:\n", err, 1, true)
+    assert.matches("(command line):4: in ", err, 1, true) -- start_it
+    assert.matches("(command line):7: in ", err, 1, true) -- fn, which called it
+    assert.is_nil(err:find("tether/init.lua", 1, true), err) -- main's own frames are left out
+    assert.are.equal(1, code)
+  end)
+
+  it("keeps the place a string error already names, and names the line of a runtime error", function()
+    local _, err, code = util.lua_run([[
+      require("tether").main(function()
+        local t
+        return t.x
+      end)
+    ]])
+    assert.matches("^%(command line%):3: attempt to index", err)
+    assert.are.equal(1, code)
+    _, err, code = util.lua_run([[
+      require("tether").main(function()
+        error("boom")
+      end)
+    ]])
+    assert.matches("^%(command line%):2: boom\n", err)
+    assert.are.equal(1, code)
+  end)
+
   it("exits 1 with a message for an error value that is not a string", function()
     local out, err, code = util.lua_run([[
       require("tether").main(function() error({}) end)

@@ -17,6 +17,7 @@
  * intermediate; the Process then holds a tether_relay instead of a pid table entry. */
 #include "spawn.h"
 #include "children.h"
+#include "rlimit.h" /* cmd.rlimits and cmd.umask (rlimit.c) */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -126,7 +127,8 @@ static int proc_guard_children(lua_State *L) {
 
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp", "relay", "pty", "cgroup" };
+                                          "tcsetpgrp", "relay", "pty", "cgroup",
+                                          "setrlimit" };
 
 /* Whether clone(CLONE_VM) really shares memory. It does on Linux; emulators such as
  * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
@@ -263,6 +265,9 @@ NO_ASAN int tether_child_main(void *arg) {
     for (unsigned fd = (unsigned)a->nfds; fd < max_fd; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
   }
 
+  /* cmd.rlimits and cmd.umask: after the fds are in place (a low nofile would refuse the
+   * dup2s), before the ids change (root may still raise a hard limit). */
+  if (tether_apply_child_limits(&a->limits) < 0) { step = STEP_SETRLIMIT; goto fail; }
   if (a->set_groups && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0) { step = STEP_SETGROUPS; goto fail; }
   if (a->set_gid && syscall(SYS_setgid, a->gid) < 0) { step = STEP_SETGID; goto fail; }
   if (a->set_uid && syscall(SYS_setuid, a->uid) < 0) { step = STEP_SETUID; goto fail; }
@@ -372,7 +377,7 @@ static atomic_int clone3_works = 1;
  * ignored), uid, gid, groups (list of gids), ctty (a pty slave fd: the child's controlling
  * terminal in a new session), cgroup (fd of the cgroup v2 directory the child starts in, see
  * cgroup.c; cgroup_procs = true skips clone3 and has the child write cgroup.procs). The Lua
- * layer validates and names arguments;
+ * layer validates and names arguments; rlimits (list of {name, soft, hard}), umask.
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -465,6 +470,7 @@ static int proc_spawn(lua_State *L) {
     a.ngroups = 0;
   }
   if (a.pdeathsig) a.parent_pid = getpid();
+  tether_child_limits(L, 1, &a.limits); /* rlimits, umask */
   /* Relay mode (relay.c): the command's parent is an intermediate no host can reap. */
   int relay = tether_relay_wanted();
   if (relay && !memory_is_shared()) {

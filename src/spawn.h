@@ -6,6 +6,7 @@
 #define TETHER_SPAWN_H
 
 #include "tether.h"
+#include "rlimit.h"
 
 #include <signal.h>
 #include <stdint.h>
@@ -30,7 +31,7 @@
 /* Which step of the child setup failed (err.step in Lua: step_names in process.c). */
 enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
             STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP,
-            STEP_RELAY, STEP_PTY, STEP_CGROUP };
+            STEP_RELAY, STEP_PTY, STEP_CGROUP, STEP_SETRLIMIT };
 
 /* Everything the child needs, prepared by the parent: the child only reads it (and fds,
  * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
@@ -54,6 +55,7 @@ struct child_args {
   gid_t gid;
   gid_t *groups;
   int ngroups;
+  struct tether_child_limits limits; /* cmd.rlimits, cmd.umask (rlimit.c) */
   int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
   int cgroup_procs;      /* -1, or an open cgroup.procs the child writes itself to (cgroup.c) */
   int inherit_sigs;      /* issue 14, tini parity: keep inherited SIG_IGN and the mask */

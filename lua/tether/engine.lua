@@ -19,6 +19,7 @@
 local core = require "tether.core"
 local errors = require "tether.errors"
 local wait = require "tether.wait"
+local trace = require "tether.trace" -- TETHER_TRACE / tether.trace: a line per start and end
 
 local ipairs, tostring, type, pcall, huge = ipairs, tostring, type, pcall, math.huge
 local find, sub = string.find, string.sub
@@ -50,6 +51,7 @@ function engine.begin(cmd, tasks, group)
   local r = { tasks = tasks, group = group }
   if cmd.timeout then r.timeout_at = core.now() + cmd.timeout end
   cmd._run = r
+  trace.started(cmd)
 end
 
 -- contain(cmd, group): the command runs in a cgroup of its own (tether.cgroup; nil: it
@@ -359,8 +361,9 @@ end
 -- drive(cmds, deadline) -> true | nil, err: services the I/O tasks of every cmd and
 -- reaps every process, until all processes exited and all I/O reached its end. One loop
 -- for all, so a pipeline's stages never wait on each other through Lua. A command's
--- context, timeout and wait_delay are watched here too.
-local function drive(cmds, deadline, wctx)
+-- context, timeout and wait_delay are watched here too. With `any` (exec.output_all),
+-- returns true, c as soon as one command c has exited and its I/O has ended.
+local function drive(cmds, deadline, wctx, any)
   local last_pass = false -- the deadline passed as an fd turned ready: one more pass takes it
   while true do
     if wctx and wctx:done() then return nil, wctx:err() end
@@ -414,6 +417,7 @@ local function drive(cmds, deadline, wctx)
         end
       end
       if busy then d = min(d, next_time(c)) end
+      if any and not busy then return true, c end
     end
     local list = {}
     for i, c in ipairs(pids) do list[2 * i - 1], list[2 * i] = c.process:pollfd(), "r" end
@@ -441,7 +445,7 @@ end
 -- Ends a wait: closes pipes, records the state, returns the command's result, in Go's
 -- order: a sink's error (it stopped the I/O), the exit status, then the timeout, the
 -- context's error (or ErrWaitDelay), then I/O errors.
-local function finish(self)
+local function finish_wait(self)
   local r = self._run
   self._waited = true
   if engine.on_finish then engine.on_finish(self) end -- tether.ngx: unties it from its request (issue 12)
@@ -466,6 +470,13 @@ local function finish(self)
     if t.err then return nil, t.err end
   end
   return true
+end
+
+-- finish, and trace's end line for the command.
+local function finish(self)
+  local ok, err = finish_wait(self)
+  trace.ended(self, err)
+  return ok, err
 end
 
 -- wait(cmd, deadline, ctx) -> true | nil, err: cmd:wait's engine side.

@@ -12,6 +12,7 @@ local process = require "tether.process"
 local pipes = require "tether.pipe"
 local engine = require "tether.engine"
 require "tether.host" -- inside nginx, tells the core that "auto" spawns relay
+local childopts = require "tether.childopts" -- extra_env, rlimits, umask
 
 local type, tostring, pairs, ipairs, setmetatable, error, select, rawget =
   type, tostring, pairs, ipairs, setmetatable, error, select, rawget
@@ -288,8 +289,8 @@ end
 -- (cmd.env, or the inherited one with PWD set to cmd.dir when dir is set).
 function Cmd:environ()
   local l = env_list(self.env)
-  if l then return l end
-  return with_pwd(self, core.env_list()) or core.env_list()
+  if not l then l = with_pwd(self, core.env_list()) or core.env_list() end
+  return childopts.extra_env(l, self.extra_env, 2) -- cmd.extra_env on top
 end
 
 -- A word as a POSIX shell reads it back: as is when it is made of safe characters,
@@ -326,6 +327,7 @@ local function validate(self)
     if has_nul(self.dir) then error("exec: cmd.dir contains NUL", 3) end
   end
   local env = env_list(self.env)
+  childopts.extra_env({}, self.extra_env, 3) -- raise now for a bad extra_env; start applies it
   local pgid
   if self.setpgid == true then pgid = 0
   elseif is_fdnum(self.setpgid) then pgid = self.setpgid
@@ -387,6 +389,8 @@ local function validate(self)
   end
   -- containment (tether.cgroup): the limits are checked here, the group is made at start
   if self.cgroup ~= nil and self.cgroup ~= false then require("tether.cgroup").check(self.cgroup, 3) end
+  childopts.rlimits(self.rlimits, 3) -- raise now, before any fd or process exists
+  childopts.umask(self.umask, 3)
   return env, pgid, pdeathsig, inherit, sigign
 end
 
@@ -411,7 +415,7 @@ local function stdio_fd(self, i, v, close_after, tasks, shared)
   if is_file(v) or is_tfd(v) then return core.fileno(v) end
   if getmetatable(v) == Reader or getmetatable(v) == Writer then
     if not v._fd then error("exec: cmd." .. name .. " is a closed pipe", 4) end
-    return v._fd
+    return v._fd -- the child gets it in blocking mode (process.c reopens it on the child's side)
   end
   if i == 1 then
     if type(v) ~= "string" then
@@ -505,6 +509,7 @@ function Cmd:start()
     elseif getmetatable(f) == Reader or getmetatable(f) == Writer then fds[3 + i] = f._fd
     else error(("exec: cmd.extra_files[%d] must be an fd, a Lua file or a tether fd"):format(i), 2) end
   end
+  env = childopts.extra_env(env, self.extra_env) -- on top of env or the inherited environment
   local spec = {
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig,
@@ -512,6 +517,7 @@ function Cmd:start()
     uid = self.uid, gid = self.gid, groups = self.groups,
     inherit_signals = inherit, sigign = sigign, -- issue 14: tini's child signal state
     ctty = term and term._slave, -- pty: setsid + TIOCSCTTY in the child
+    rlimits = childopts.rlimits(self.rlimits, 2), umask = childopts.umask(self.umask, 2),
   }
   -- containment (tether.cgroup): the child starts in a new group of its own
   local group, gerr
@@ -602,10 +608,13 @@ function Cmd:run()
   return self:wait()
 end
 
--- Captures stdout (and stderr into `combined`) into tether buffers and runs.
-local function capture(self, combined)
-  if self._terminal and self.stdout == nil and (not combined or self.stderr == nil) then
-    -- pty: the terminal's output, read by wait as a sink (what was read already first)
+-- A pty command's output() / combined_output(): the terminal's output, read by wait as a
+-- sink (what was read already first); nil when the command has no pty or set stdout.
+local function capture_pty(self, combined)
+  if not (self._terminal and self.stdout == nil and (not combined or self.stderr == nil)) then
+    return nil
+  end
+  do
     local term = self._terminal
     local out = core.buffer(self.max_output)
     if term._pending then out:append(term._pending); term._pending = nil end
@@ -619,6 +628,11 @@ local function capture(self, combined)
     if not ok then return nil, err, data end
     return data
   end
+end
+
+-- Sets stdout (and stderr into `combined`) to tether buffers, before start; returns
+-- what capture_end takes, or nil, err. (output, combined_output, output_all)
+local function capture_begin(self, combined)
   if self.stdout ~= nil then return nil, state_error("exec: Stdout already set") end
   if combined and self.stderr ~= nil then return nil, state_error("exec: Stderr already set") end
   local out = core.buffer(self.max_output)
@@ -630,17 +644,31 @@ local function capture(self, combined)
     self.stderr = errbuf
     self._errbuf = errbuf -- the ExitError's message quotes its first line
   end
-  local ok, err = self:run()
+  return { out = out, errbuf = errbuf }
+end
+
+-- After the run (ok, err as run returns them): frees the buffers; returns the output
+-- as output() does.
+local function capture_end(self, cap, ok, err)
   self._errbuf = nil
-  local data = out:result()
-  self.truncated = out:truncated()
-  out:free()
-  if errbuf then
-    if err and err.state then err.stderr = errbuf:result() end
-    errbuf:free()
+  local data = cap.out:result()
+  self.truncated = cap.out:truncated()
+  cap.out:free()
+  if cap.errbuf then
+    if err and err.state then err.stderr = cap.errbuf:result() end
+    cap.errbuf:free()
   end
   if not ok then return nil, err, data end
   return data
+end
+
+-- Captures stdout (and stderr into `combined`) into tether buffers and runs.
+local function capture(self, combined)
+  local pty_data, pty_err, pty_partial = capture_pty(self, combined)
+  if pty_data ~= nil or pty_err ~= nil then return pty_data, pty_err, pty_partial end
+  local cap, cerr = capture_begin(self, combined)
+  if not cap then return nil, cerr end
+  return capture_end(self, cap, self:run())
 end
 
 --- cmd:output() -> stdout as a string | nil, err [, partial output].
@@ -765,6 +793,106 @@ function exec.pipeline(cmds)
   end
   if failed then failed.states = states; return nil, failed end
   return states
+end
+
+---------------------------------------------------------------------------
+-- output_all, pipe
+
+--- output_all(cmds [, opts]) -> outs, errs. Runs the Cmds (not started, stdout not
+-- set) with at most opts.limit of them alive at once (default tether.cpus()), each as
+-- cmd:output() would: outs[i] is cmd i's stdout (a string) or false, errs[i] nil or its
+-- error (an ExitError carries err.stderr when cmd.stderr was nil), both in input order.
+-- The next command starts as soon as one ends, whichever it is. opts.ctx: a context;
+-- once it is done no further command starts (outs[i] false, errs[i] ctx's error), and
+-- the running ones get it as their command context (killed, as command_context does)
+-- unless they have a context of their own. Misuse (not a list of Cmds, a bad limit,
+-- an unknown option) raises.
+function exec.output_all(cmds, opts)
+  if type(cmds) ~= "table" then argerror(1, "output_all", "list of commands expected, got " .. type(cmds)) end
+  local n = #cmds
+  for i = 1, n do
+    if getmetatable(cmds[i]) ~= Cmd then argerror(1, "output_all", ("element %d is not a Cmd"):format(i)) end
+  end
+  if opts ~= nil and type(opts) ~= "table" then argerror(2, "output_all", "table expected, got " .. type(opts)) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "limit" and k ~= "ctx" then argerror(2, "output_all", "unknown option " .. tostring(k)) end
+  end
+  local limit, ctx = opts.limit, opts.ctx
+  if limit == nil then limit = require("tether").cpus()
+  elseif type(limit) ~= "number" or limit < 1 or limit ~= math.floor(limit) then
+    argerror(2, "output_all", "limit must be a positive integer")
+  end
+  if ctx ~= nil and not wait.is_context(ctx) then argerror(2, "output_all", "ctx must be a context") end
+  local outs, errs, running, nexti = {}, {}, {}, 1
+  local function done(r, ok, err)
+    local data, e = capture_end(r.cmd, r.cap, ok, err)
+    outs[r.i], errs[r.i] = data or false, e
+  end
+  -- Kills and reaps every running command (a misuse raised, or the wait itself failed).
+  local function stop_all(err)
+    for _, r in ipairs(running) do
+      r.cmd.process:kill()
+      r.cmd.process:wait()
+      r.cmd._waited = true
+      r.cmd:_close_pipes()
+      done(r, nil, err)
+    end
+    running = {}
+  end
+  while true do
+    while #running < limit and nexti <= n do
+      local i, c = nexti, cmds[nexti]
+      nexti = nexti + 1
+      if ctx and ctx:done() then
+        outs[i], errs[i] = false, ctx:err()
+      else
+        local cap, err = capture_begin(c, false)
+        if not cap then outs[i], errs[i] = false, err
+        else
+          if ctx and not c.ctx then c.ctx = ctx end
+          local raised, ok, serr = pcall(c.start, c)
+          if not raised then -- misuse (a bad Cmd field): nothing may be left running
+            capture_end(c, cap, nil, nil)
+            stop_all(ok)
+            error(ok, 0)
+          end
+          if ok then running[#running + 1] = { i = i, cmd = c, cap = cap }
+          else done({ i = i, cmd = c, cap = cap }, nil, serr) end
+        end
+      end
+    end
+    if #running == 0 then break end
+    local list = {}
+    for j, r in ipairs(running) do list[j] = r.cmd end
+    local ok, c = drive(list, nil, nil, true)
+    if not ok then -- the wait itself failed (not a command): stop them all, report it
+      stop_all(c)
+    else
+      for j, r in ipairs(running) do
+        if r.cmd == c then
+          table.remove(running, j)
+          done(r, finish(c))
+          break
+        end
+      end
+    end
+  end
+  for i = 1, n do if outs[i] == nil then outs[i] = false end end
+  return outs, errs
+end
+
+--- pipe() -> Reader, Writer | nil, err: a new pipe (Go's os.Pipe), for wiring children
+-- by hand: either end may be a Cmd's stdin/stdout/stderr or an entry of extra_files
+-- (an end handed to a child reaches it in blocking mode), and the Lua side reads the
+-- Reader or writes the Writer as any other pipe. Close the ends the parent does not use
+-- once the children have started, or a reader never sees EOF.
+function exec.pipe()
+  local r, w = core.pipe()
+  if not r then return nil, errors.from_errno("pipe", nil, w) end
+  r:set_nonblock(true)
+  w:set_nonblock(true)
+  return new_reader(r), new_writer(w)
 end
 
 exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer

@@ -7,6 +7,7 @@ local core = require "tether.core"
 local wait = require "tether.wait"
 
 local tether = { _VERSION = "tether scm" }
+local unpack = table.unpack or unpack -- luacheck: ignore 143
 
 --- now() -> seconds on tether's monotonic clock (CLOCK_MONOTONIC).
 tether.now = core.now
@@ -149,22 +150,80 @@ function tether.exit(code)
   os.exit(code, true)
 end
 
---- main(fn, ...): runs fn(...); an error prints its message to stderr and
--- exits 1 (to-be-closed variables of fn have run by then); otherwise exits
--- with fn's result when it is a number, else 0. Finalizers run before exit.
+-- The place an error came from: "source:line" of the first Lua function on the stack
+-- above the message handler (error and assert are C functions: their caller), or nil.
+local function error_place(level)
+  while true do
+    local info = debug.getinfo(level, "Sl")
+    if not info then return nil end
+    if info.what ~= "C" and (info.currentline or -1) > 0 then
+      return info.short_src .. ":" .. info.currentline
+    end
+    level = level + 1
+  end
+end
+
+-- main's message handler: the message, prefixed with the place it came from unless it
+-- already starts with one (error("text") adds it, error(err_object) and assert(nil, err)
+-- do not), and the traceback up to main's own frames.
+local function main_handler(e, wrapper)
+  local ok, msg = pcall(tostring, e)
+  if not ok or type(msg) ~= "string" then msg = "(error object is a " .. type(e) .. " value)" end
+  if not msg:match("^[^\n]-:%d+: ") then
+    local place = error_place(4)
+    if place then msg = place .. ": " .. msg end
+  end
+  local tb = debug.traceback("", 3):gsub("^\n", "")
+  local w = debug.getinfo(wrapper, "S")
+  local at = tb:find("<" .. w.short_src .. ":" .. w.linedefined .. ">", 1, true)
+  local cut = at and (tb:sub(1, at):match(".*()\n")) -- the start of the wrapper's line
+  if cut then tb = tb:sub(1, cut - 1) end
+  return msg .. "\n" .. tb
+end
+
+--- main(fn, ...): runs fn(...); an uncaught error prints its message, prefixed with the
+-- place it came from ("script.lua:12: exec: ..."; a tether error object is printed with
+-- tostring), and a traceback to stderr, and exits 1 (to-be-closed variables of fn have
+-- run by then); otherwise exits with fn's result when it is a number, else 0. Finalizers
+-- run before exit (Lua 5.2+).
 function tether.main(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'main' (function expected, got " .. type(fn) .. ")", 2)
   end
-  local res = { pcall(fn, ...) }
+  local args, n = { ... }, select("#", ...)
+  local function wrapper()
+    local r = { fn(unpack(args, 1, n)) } -- not a tail call: fn's caller stays in the traceback
+    return r[1]
+  end
+  local res = { xpcall(wrapper, function(e)
+    local m = main_handler(e, wrapper)
+    return m -- not a tail call: the levels main_handler counts stay put
+  end) }
   if not res[1] then
-    local msg = res[2]
-    io.stderr:write(tostring(msg), "\n")
+    io.stdout:flush()
+    io.stderr:write(res[2], "\n")
     io.stderr:flush()
     tether.exit(1)
   end
   io.stdout:flush()
   tether.exit(type(res[2]) == "number" and res[2] or 0)
+end
+
+--- trace([fn]) -> the previous setting. Reports every command tether starts and every
+-- command whose wait ends, one line each (the argv as tostring(cmd) quotes it, the pid,
+-- for the end the time since the start and the status):
+--   tether: start pid 4242: /bin/sh -c 'echo hi'
+--   tether: end pid 4242 after 0.004s: exit status 0: /bin/sh -c 'echo hi'
+-- fn: a function, called as fn(line, info) (info: event "start"|"end", cmd, argv, pid,
+-- and for "end" duration, state, status, err); true: the lines go to stderr; false: off,
+-- whatever TETHER_TRACE says; nil: the default, TETHER_TRACE decides (set to anything
+-- but "" or "0" in the environment: lines to stderr). An error in fn is reported on
+-- stderr and does not affect the command.
+function tether.trace(fn)
+  if fn ~= nil and type(fn) ~= "function" and type(fn) ~= "boolean" then
+    error("bad argument #1 to 'trace' (function, boolean or nil expected, got " .. type(fn) .. ")", 2)
+  end
+  return require("tether.trace").set(fn)
 end
 
 --- set_waiter(fn): makes every blocking call in tether wait through
