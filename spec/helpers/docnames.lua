@@ -26,7 +26,7 @@ local BUILTINS = { tostring = true, type = true, pairs = true, ipairs = true, re
   assert = true, pcall = true, print = true, setmetatable = true, getmetatable = true, select = true }
 
 local MODULES = { "exec", "errors", "env", "context", "signal", "fs", "sync", "pool", "supervisor",
-  "systemd", "reaper" }
+  "systemd", "reaper", "terminal", "cgroup" }
 
 -- Objects the docs name by a variable, and how to get one (created once, on demand).
 local objects
@@ -41,6 +41,7 @@ local function make_objects()
   local o = {
     cmd = exec.Cmd, process = exec.Process, state = exec.ProcessState,
     reader = exec.Reader, writer = exec.Writer,
+    terminal = require("tether.terminal").Terminal,
     ch = signal.channel(1),
     ctx = context.background(),
     err = errors.new { msg = "x" },
