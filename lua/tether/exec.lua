@@ -877,7 +877,7 @@ local function capture(self, combined)
     self.stderr = errbuf
   end
   local ok, err = self:run()
-  local data = out:result()
+  local data = out:take() -- the buffer gives its memory up as the string is made
   self.truncated = out:truncated()
   out:free()
   if errbuf then
