@@ -83,10 +83,10 @@ $(BUILD)/spec/hosthandler.so: spec/helpers/hosthandler.c | deps
 	$(CC) -O2 -Wall -fPIC -shared $(LUA_CFLAGS) -o $@ $<
 
 # A spec helper: runs Lua code in another lua_State on another thread with a semaphore shared
-# through tether_sem_push (spec/helpers/semthread.c, built with src/sync.c).
-$(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c $(HDRS) | deps
+# through tether_sem_push (spec/helpers/semthread.c, built with src/sync.c and src/util.c).
+$(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c src/util.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
-	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c src/util.c
 
 # SPECS=spec/exec_spec.lua runs one spec file (or several) instead of the whole suite.
 SPECS ?= spec

@@ -44,6 +44,7 @@ build = {
       ["tether.core"] = {
          sources = {
             "src/buffer.c",
+            "src/children.c",
             "src/copy.c",
             "src/core.c",
             "src/cpus.c",
@@ -53,6 +54,9 @@ build = {
             "src/lane.c",
             "src/pgroup.c",
             "src/pool.c",
+            "src/poolmap.c",
+            "src/pooltask.c",
+            "src/poolworker.c",
             "src/process.c",
             "src/reaper.c",
             "src/signal.c",
@@ -60,6 +64,7 @@ build = {
             "src/sync.c",
             "src/sys.c",
             "src/systemd.c",
+            "src/util.c",
          },
          libraries = { "pthread" },
          incdirs = { "src" },

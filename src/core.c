@@ -1,13 +1,6 @@
-/* core.c - luaopen_tether_core: assembles the private C module tether.core. */
+/* core.c - luaopen_tether_core: assembles the private C module tether.core from the
+ * tether_open_* of each file. Nothing calls into this file: shared helpers live in util.c. */
 #include "tether.h"
-
-#include <errno.h>
-
-int tether_fail(lua_State *L, int err) {
-  lua_pushnil(L);
-  lua_pushinteger(L, err);
-  return 2;
-}
 
 /* kind(v) -> "fd", "buffer", "process" for tether's userdata, else nil. */
 static int core_kind(lua_State *L) {

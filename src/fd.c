@@ -92,8 +92,7 @@ static int fd_eventfd(lua_State *L) {
 /* fd:notify() -> true: adds 1 to an eventfd, making it readable (and keeping it so). */
 static int fd_notify(lua_State *L) {
   tfd *f = check_open(L, 1);
-  uint64_t one = 1;
-  while (write(f->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+  tether_efd_write(f->fd);
   lua_pushboolean(L, 1);
   return 1;
 }

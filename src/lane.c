@@ -159,8 +159,7 @@ static void *lane_main(void *arg) {
       if (b->armed && b->ndone >= b->wake_at) {
         b->armed = 0;
         pthread_mutex_unlock(&lane.mu);
-        uint64_t one = 1;
-        while (write(b->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+        tether_efd_write(b->efd);
         pthread_mutex_lock(&lane.mu);
       }
       batch_unref(b);
@@ -522,9 +521,7 @@ static int batch_fd(lua_State *L) {
 
 /* batch:drain(): resets the eventfd after a wait. */
 static int batch_drain(lua_State *L) {
-  struct batch *b = check_batch(L);
-  uint64_t v;
-  while (read(b->efd, &v, sizeof v) < 0 && errno == EINTR) {}
+  tether_efd_drain(check_batch(L)->efd);
   return 0;
 }
 

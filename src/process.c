@@ -1,7 +1,7 @@
 /* process.c - spawn (clone with CLONE_VM|CLONE_VFORK|CLONE_PIDFD), pidfd-backed processes
- * (tether.process), non-blocking reaping with wait4, background reaping of processes
- * whose Lua objects were collected without wait, and the registry of tether's live
- * children that reaper mode (reaper.c) stashes statuses in. Never waitpid(-1) here.
+ * (tether.process) and non-blocking reaping with wait4. Each child is recorded in the
+ * registry of children.c (which also reaps those released without wait). Never
+ * waitpid(-1) here.
  *
  * Children start as "clone children" (exit signal 0): until execve, which makes the
  * exit signal SIGCHLD again, a host's waitpid(-1) cannot take them and a failed exec
@@ -13,6 +13,7 @@
  * host's event loop; other threads of such hosts block it already), so the host's handler
  * never runs while it is on; tether reaps its own children through their pidfds. */
 #include "tether.h"
+#include "children.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,17 +52,6 @@ extern char **environ;
 
 /* ---- the process object ------------------------------------------------------------ */
 
-/* One per live child of tether (spawned, or found by find_process while our child):
- * looked up by pid when reaper mode's wait4(-1) reaps a process, so that the status
- * reaches the Process object instead of being lost. In the pid table while unreaped. */
-struct child_rec {
-  pid_t pid;
-  int stashed;             /* reaped by the reaper: status and ru are final */
-  int status;
-  struct rusage ru;
-  struct child_rec *next;  /* pid table chain */
-};
-
 typedef struct {
   pid_t pid;       /* -1 until spawned */
   int pidfd;       /* -1 when none (old kernel, reaped or released) */
@@ -84,93 +74,6 @@ static tproc *new_proc(lua_State *L) {
   p->pidfd = -1;
   luaL_setmetatable(L, TETHER_PROC_MT);
   return p;
-}
-
-/* ---- the registry of live children, and background reaping --------------------------- */
-
-/* One lock for the pid table and the orphan list. spawn holds it from clone until the
- * child is in the table, and reaper.c holds it around its wait4(-1), so a child can
- * never be reaped before tether knows it is its own. */
-static pthread_mutex_t children_lock = PTHREAD_MUTEX_INITIALIZER;
-
-#define NBUCKETS 256
-static struct child_rec *buckets[NBUCKETS];
-
-static struct child_rec **bucket_of(pid_t pid) { return &buckets[(unsigned)pid % NBUCKETS]; }
-
-static void rec_add(struct child_rec *r) {
-  struct child_rec **b = bucket_of(r->pid);
-  r->next = *b;
-  *b = r;
-}
-
-static void rec_remove(struct child_rec *r) {
-  for (struct child_rec **pp = bucket_of(r->pid); *pp; pp = &(*pp)->next)
-    if (*pp == r) { *pp = r->next; r->next = NULL; return; }
-}
-
-static struct child_rec *rec_find(pid_t pid) {
-  for (struct child_rec *r = *bucket_of(pid); r; r = r->next)
-    if (r->pid == pid) return r;
-  return NULL;
-}
-
-void tether_children_lock(void) { pthread_mutex_lock(&children_lock); }
-void tether_children_unlock(void) { pthread_mutex_unlock(&children_lock); }
-
-/* Called by the reaper, lock held, for each process its wait4(-1) reaped: 1 when it was
- * one of tether's children (its status is kept for its Process), 0 otherwise. */
-int tether_child_stash(pid_t pid, int status, const struct rusage *ru) {
-  struct child_rec *r = rec_find(pid);
-  if (!r) return 0;
-  rec_remove(r); /* the pid is free for reuse from now on */
-  r->stashed = 1;
-  r->status = status;
-  r->ru = *ru;
-  return 1;
-}
-
-/* Released (collected) processes still running, lock held to touch. */
-static struct child_rec **orphans;
-static size_t orphan_cap;
-static atomic_size_t orphan_count;
-
-/* Lock held. Keeps r (still in the pid table) to be reaped later; 0 when out of memory. */
-static int orphan_add(struct child_rec *r) {
-  size_t n = atomic_load(&orphan_count);
-  if (n == orphan_cap) {
-    size_t cap = orphan_cap ? orphan_cap * 2 : 16;
-    struct child_rec **p = realloc(orphans, cap * sizeof *p);
-    if (!p) return 0;
-    orphans = p;
-    orphan_cap = cap;
-  }
-  orphans[n] = r;
-  atomic_store(&orphan_count, n + 1);
-  return 1;
-}
-
-void tether_reap_orphans(void) {
-  if (tether_reaper_on()) tether_reaper_step();
-  if (atomic_load_explicit(&orphan_count, memory_order_relaxed) == 0) return;
-  int saved = errno;
-  pthread_mutex_lock(&children_lock);
-  size_t n = atomic_load(&orphan_count);
-  for (size_t i = 0; i < n;) {
-    struct child_rec *r = orphans[i];
-    int st, gone = r->stashed;
-    if (!gone) {
-      pid_t w = waitpid(r->pid, &st, WNOHANG | __WALL);
-      gone = w == r->pid || (w < 0 && errno == ECHILD);
-      if (gone) rec_remove(r);
-    }
-    if (gone) { free(r); orphans[i] = orphans[--n]; }
-    else i++;
-  }
-  atomic_store(&orphan_count, n);
-  if (n == 0) { free(orphans); orphans = NULL; orphan_cap = 0; }
-  pthread_mutex_unlock(&children_lock);
-  errno = saved;
 }
 
 /* ---- the child guard ------------------------------------------------------------------ */
@@ -473,7 +376,7 @@ static int proc_spawn(lua_State *L) {
 
   /* Held until the child is in the pid table: reaper mode's wait4(-1) cannot take it
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
-  pthread_mutex_lock(&children_lock);
+  tether_children_lock();
   int pidfd = -1;
   pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
   if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
@@ -482,8 +385,8 @@ static int proc_spawn(lua_State *L) {
     if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
   }
   int clone_err = errno;
-  if (pid > 0) { rec->pid = pid; rec_add(rec); }
-  pthread_mutex_unlock(&children_lock);
+  if (pid > 0) { rec->pid = pid; tether_child_add(rec); }
+  tether_children_unlock();
   UNPOISON(stack, sizeof stack);
 
   if (inherit_env) tether_env_unlock();
@@ -505,9 +408,9 @@ static int proc_spawn(lua_State *L) {
     return 3;
   }
   if (a.err) { /* the child reported a failure and exited: reap it now */
-    pthread_mutex_lock(&children_lock);
-    rec_remove(rec); /* never exec'd: a clone child (exit signal 0) no wait4(-1) can take */
-    pthread_mutex_unlock(&children_lock);
+    tether_children_lock();
+    tether_child_remove(rec); /* never exec'd: a clone child (exit signal 0) no wait4(-1) can take */
+    tether_children_unlock();
     free(rec);
     int st;
     while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {}
@@ -558,7 +461,7 @@ static int proc_try_wait(lua_State *L) {
   if (p->released || p->pid < 0) return tether_fail(L, ECHILD);
   int st, e = 0;
   pid_t r;
-  pthread_mutex_lock(&children_lock);
+  tether_children_lock();
   struct child_rec *rec = p->rec;
   if (rec && rec->stashed) { /* reaper mode reaped it first: its status waited here */
     r = p->pid;
@@ -567,10 +470,10 @@ static int proc_try_wait(lua_State *L) {
   } else {
     do r = wait4(p->pid, &st, WNOHANG | __WALL, &p->ru); while (r < 0 && errno == EINTR);
     e = errno;
-    if (rec && r != 0) rec_remove(rec); /* reaped, or ECHILD: no longer ours either way */
+    if (rec && r != 0) tether_child_remove(rec); /* reaped, or ECHILD: no longer ours either way */
   }
   if (rec && r != 0) { free(rec); p->rec = NULL; }
-  pthread_mutex_unlock(&children_lock);
+  tether_children_unlock();
   if (r == 0) { lua_pushboolean(L, 0); return 1; }
   if (r < 0) return tether_fail(L, e);
   p->status = st;
@@ -586,9 +489,9 @@ static int proc_signal(lua_State *L) {
   tproc *p = check_proc(L, 1);
   int sig = (int)luaL_checkinteger(L, 2);
   if (p->reaped || p->released || p->pid < 0) return tether_fail(L, ESRCH);
-  pthread_mutex_lock(&children_lock);
+  tether_children_lock();
   int stashed = p->rec && p->rec->stashed; /* reaped by the reaper: the pid may be reused */
-  pthread_mutex_unlock(&children_lock);
+  tether_children_unlock();
   if (stashed) return tether_fail(L, ESRCH);
   int r = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) : -1;
   if (p->pidfd < 0 || (r < 0 && errno == ENOSYS))
@@ -608,18 +511,18 @@ static int proc_release(lua_State *L) {
   tproc *p = check_proc(L, 1);
   struct child_rec *rec = p->rec;
   if (rec) {
-    pthread_mutex_lock(&children_lock);
+    tether_children_lock();
     int keep = 0;
     if (!rec->stashed) {
       if (p->owned) {
         int st;
-        keep = waitpid(p->pid, &st, WNOHANG | __WALL) == 0 && orphan_add(rec);
+        keep = waitpid(p->pid, &st, WNOHANG | __WALL) == 0 && tether_child_orphan(rec);
       }
-      if (!keep) rec_remove(rec); /* reaped now, not ours, or no memory to track it */
+      if (!keep) tether_child_remove(rec); /* reaped now, not ours, or no memory to track it */
     }
     if (!keep) free(rec);
     p->rec = NULL;
-    pthread_mutex_unlock(&children_lock);
+    tether_children_unlock();
   }
   p->released = 1;
   drop_pidfd(p);
@@ -639,16 +542,16 @@ static int proc_find(lua_State *L) {
   struct child_rec *rec = calloc(1, sizeof *rec);
   if (rec) {
     siginfo_t si;
-    pthread_mutex_lock(&children_lock);
+    tether_children_lock();
     si.si_pid = 0;
-    if (!rec_find((pid_t)pid) &&
+    if (!tether_child_find((pid_t)pid) &&
         waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0) {
       rec->pid = (pid_t)pid;
-      rec_add(rec);
+      tether_child_add(rec);
       p->rec = rec;
       rec = NULL;
     }
-    pthread_mutex_unlock(&children_lock);
+    tether_children_unlock();
     free(rec);
   }
   return 1;

@@ -3,20 +3,19 @@
  * Reaper mode reaps every child that exits, orphans included, with wait4(-1, WNOHANG)
  * (never __WALL: a tether child that has not reached execve is a clone child with exit
  * signal 0 and stays out of reach; orphans are always re-parented with SIGCHLD). It holds
- * the registry lock of process.c around the wait4 loop, and each pid it reaps is handed
+ * the registry lock of children.c around the wait4 loop, and each pid it reaps is handed
  * to tether_child_stash: when it was one of tether's children its status and rusage wait
  * in the registry for its Process (try_wait), so no status is ever lost and no wait sees
  * ECHILD. The pidfd of such a process stays open and readable.
  *
  * How it learns of exits without blocking: SIGCHLD is watched by tether.signal (the Lua
  * layer), whose handler also calls tether_reaper_wake, which bumps an eventfd. That
- * eventfd is the reaper's pollable, and tether's own poll (tether_poll) waits on it too,
+ * eventfd is the reaper's pollable, and tether's own poll (tether_poll, sys.c) waits on it too,
  * so every tether wait reaps as soon as a child exits. The eventfd is created once and
  * kept for the life of the process (a handler may write to it at any time). */
 #include "tether.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -40,23 +39,13 @@ int tether_reaper_on(void) {
 
 void tether_reaper_wake(void) {
   int fd = atomic_load_explicit(&wake_fd, memory_order_relaxed);
-  if (fd >= 0 && atomic_load_explicit(&reaper_on, memory_order_relaxed)) {
-    int saved = errno;
-    uint64_t one = 1;
-    ssize_t r = write(fd, &one, sizeof one); /* a full counter is readable already */
-    (void)r;
-    errno = saved;
-  }
+  if (fd >= 0 && atomic_load_explicit(&reaper_on, memory_order_relaxed)) tether_efd_write(fd);
 }
 
 int tether_reaper_step(void) {
   int saved = errno, n = 0;
   int fd = atomic_load(&wake_fd);
-  if (fd >= 0) { /* drain first: a SIGCHLD from now on makes it readable again */
-    uint64_t v;
-    ssize_t r = read(fd, &v, sizeof v);
-    (void)r;
-  }
+  tether_efd_drain(fd); /* first: a SIGCHLD from now on makes it readable again */
   tether_children_lock();
   for (;;) {
     int st;
@@ -76,28 +65,9 @@ int tether_reaper_step(void) {
   return n;
 }
 
-int tether_poll(struct pollfd *pfd, unsigned long n, int ms) {
-  int wfd = atomic_load_explicit(&wake_fd, memory_order_relaxed);
-  if (wfd < 0 || !tether_reaper_on()) return poll(pfd, (nfds_t)n, ms);
-  struct pollfd small[16], *all = small;
-  if (n + 1 > sizeof small / sizeof small[0]) {
-    all = malloc((n + 1) * sizeof *all);
-    if (!all) return poll(pfd, (nfds_t)n, ms); /* no memory: reap at the next call */
-  }
-  if (n) memcpy(all, pfd, n * sizeof *all);
-  all[n].fd = wfd;
-  all[n].events = POLLIN;
-  all[n].revents = 0;
-  int r = poll(all, (nfds_t)n + 1, ms);
-  int e = errno, woke = r > 0 && all[n].revents;
-  for (unsigned long i = 0; i < n; i++) pfd[i].revents = all[i].revents;
-  if (all != small) free(all);
-  if (woke) {
-    tether_reaper_step();
-    if (--r == 0) { errno = EINTR; return -1; } /* only the reaper woke: the caller retries */
-  }
-  errno = e;
-  return r;
+int tether_reaper_wake_fd(void) {
+  int fd = atomic_load_explicit(&wake_fd, memory_order_relaxed);
+  return fd >= 0 && tether_reaper_on() ? fd : -1;
 }
 
 /* reaper_start() -> true | nil, errno: reaper mode on (creating the wake-up eventfd once). */

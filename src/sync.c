@@ -51,21 +51,15 @@ static void sem_unref(tether_sem *s) {
 void tether_sem_retain(tether_sem *s) { atomic_fetch_add(&s->refs, 1); }
 void tether_sem_release(tether_sem *s) { sem_unref(s); }
 
-static void efd_write(int fd) {
-  uint64_t one = 1;
-  while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {}
-}
-
 /* Keeps the pollfd readable exactly while a try_acquire(1) would succeed. Under s->mu. */
 static void update_pollfd(tether_sem *s) {
   if (s->efd < 0) return;
   int want = s->head == NULL && s->cur < s->size;
   if (want && !s->efd_set) {
-    efd_write(s->efd);
+    tether_efd_write(s->efd);
     s->efd_set = 1;
   } else if (!want && s->efd_set) {
-    uint64_t v;
-    while (read(s->efd, &v, sizeof v) < 0 && errno == EINTR) {}
+    tether_efd_drain(s->efd);
     s->efd_set = 0;
   }
 }
@@ -83,7 +77,7 @@ static void notify(tether_sem *s) {
     s->cur += q->w;
     unlink_waiter(s, q);
     q->state = W_GRANTED;
-    efd_write(q->efd);
+    tether_efd_write(q->efd);
   }
   update_pollfd(s);
 }
@@ -172,7 +166,7 @@ static int sem_enqueue(lua_State *L) {
   if (s->head == NULL && s->size - s->cur >= w) {
     s->cur += w;            /* freed up meanwhile: granted already */
     q->state = W_GRANTED;
-    efd_write(q->efd);
+    tether_efd_write(q->efd);
   } else {
     q->state = W_QUEUED;
     q->prev = s->tail;

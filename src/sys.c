@@ -1,4 +1,5 @@
-/* sys.c - clock, sleep, poll, process identity, errno names and signal numbers. */
+/* sys.c - clock, sleep, poll (tether_poll: every wait of tether goes through it, and it
+ * reaps in reaper mode), process identity, errno names and signal numbers. */
 #include "tether.h"
 
 #include <dirent.h>
@@ -29,10 +30,35 @@ static int ms_until(double deadline) {
   return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* See tether.h: poll(2) that also wakes on the reaper's eventfd in reaper mode. */
+int tether_poll(struct pollfd *pfd, unsigned long n, int ms) {
+  int wfd = tether_reaper_wake_fd();
+  if (wfd < 0) return poll(pfd, (nfds_t)n, ms);
+  struct pollfd small[16], *all = small;
+  if (n + 1 > sizeof small / sizeof small[0]) {
+    all = malloc((n + 1) * sizeof *all);
+    if (!all) return poll(pfd, (nfds_t)n, ms); /* no memory: reap at the next call */
+  }
+  if (n) memcpy(all, pfd, n * sizeof *all);
+  all[n].fd = wfd;
+  all[n].events = POLLIN;
+  all[n].revents = 0;
+  int r = poll(all, (nfds_t)n + 1, ms);
+  int e = errno, woke = r > 0 && all[n].revents;
+  for (unsigned long i = 0; i < n; i++) pfd[i].revents = all[i].revents;
+  if (all != small) free(all);
+  if (woke) {
+    tether_reaper_step();
+    if (--r == 0) { errno = EINTR; return -1; } /* only the reaper woke: the caller retries */
+  }
+  errno = e;
+  return r;
+}
+
 /* poll(2) until an fd is ready (> 0) or the deadline passed (0), or -1 with errno. EINTR
  * restarts with the time left; poll's millisecond rounding never ends a wait early.
  * Reaps collected processes first, as every tether wait does; in reaper mode the wait
- * also wakes on SIGCHLD to reap (tether_poll, reaper.c). */
+ * also wakes on SIGCHLD to reap (tether_poll). */
 static int poll_until(struct pollfd *pfd, int n, double deadline) {
   for (;;) {
     tether_reap_orphans(); /* again after each EINTR: in reaper mode, a SIGCHLD */

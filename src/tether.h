@@ -28,20 +28,25 @@ void tether_open_copy(lua_State *L);
 void tether_push_mapping(lua_State *L, char *map, size_t len, size_t maplen);
 
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
- * The caller must have saved errno before any Lua API call. */
+ * The caller must have saved errno before any Lua API call (util.c). */
 int tether_fail(lua_State *L, int err);
+
+/* Eventfd wake-ups (util.c): write adds 1 (EINTR-safe, async-signal-safe, keeps errno);
+ * drain resets a non-blocking eventfd. Both ignore fd < 0. */
+void tether_efd_write(int fd);
+void tether_efd_drain(int fd);
 
 /* The one lock around the process environment (env.c); spawn holds it while
  * a child inherits environ. */
 void tether_env_lock(void);
 void tether_env_unlock(void);
 
-/* Reap processes whose Lua objects were collected without wait (process.c).
+/* Reap processes whose Lua objects were collected without wait (children.c).
  * Cheap when there are none; called from the common entry points. */
 void tether_reap_orphans(void);
 
-/* Reaper mode (reaper.c). The registry of tether's live children (process.c): the lock
- * guards it; tether_child_stash (lock held) keeps a reaped child's status for its
+/* Reaper mode (reaper.c). The registry of tether's live children (children.c, children.h):
+ * the lock guards it; tether_child_stash (lock held) keeps a reaped child's status for its
  * Process and says whether the pid was one of tether's children. */
 struct rusage;
 struct pollfd;
@@ -51,8 +56,9 @@ int tether_child_stash(pid_t pid, int status, const struct rusage *ru);
 int tether_reaper_on(void);            /* reaper mode is on (an atomic load) */
 int tether_reaper_step(void);          /* reaps what has exited; returns orphans reaped */
 void tether_reaper_wake(void);         /* async-signal-safe: SIGCHLD arrived (signal.c) */
+int tether_reaper_wake_fd(void);       /* the wake-up eventfd while reaper mode is on, else -1 */
 /* poll(2), plus the reaper's wake-up fd while reaper mode is on: a SIGCHLD during the
- * wait reaps (and the call returns -1/EINTR when nothing else became ready). */
+ * wait reaps (and the call returns -1/EINTR when nothing else became ready) (sys.c). */
 int tether_poll(struct pollfd *pfd, unsigned long n, int ms);
 
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.

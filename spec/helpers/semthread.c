@@ -1,5 +1,5 @@
 /* semthread.c - a spec helper (the Lua C module "semthread"), built by the Makefile together
- * with src/sync.c: runs Lua code in a fresh lua_State on a new pthread, with a tether
+ * with src/sync.c and src/util.c: runs Lua code in a fresh lua_State on a new pthread, with a tether
  * semaphore pushed into that state through tether_sem_push, as tether.pool's workers get one.
  * The other state loads tether (and tether.sync) from package.path like any program.
  *
@@ -12,13 +12,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* sync.c reports errno through this (core.c's, which this module does not link). */
-int tether_fail(lua_State *L, int err) {
-  lua_pushnil(L);
-  lua_pushinteger(L, err);
-  return 2;
-}
 
 struct job {
   pthread_t t;
