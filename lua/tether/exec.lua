@@ -8,21 +8,30 @@
 local core = require "tether.core"
 local errors = require "tether.errors"
 local wait = require "tether.wait"
+local process = require "tether.process"
+local pipes = require "tether.pipe"
+local engine = require "tether.engine"
 
 local type, tostring, pairs, ipairs, setmetatable, error, select =
   type, tostring, pairs, ipairs, setmetatable, error, select
 local concat, sort, insert = table.concat, table.sort, table.insert
 local find = string.find
 
-local E = core.errno
-local SIG = core.signals
 
 local exec = {}
 
 -- Bytes of stderr kept for ExitError.stderr when output() captures it (Go keeps 32 KiB).
 local STDERR_KEEP = 32768
-local CHUNK = 65536
 local PIPE_SIZE = 1048576
+
+local Process, ProcessState = process.Process, process.ProcessState
+local new_process = process._new
+local Reader, Writer = pipes.Reader, pipes.Writer
+local new_reader, new_writer = pipes._new_reader, pipes._new_writer
+local drive, finish = engine.drive, engine.finish
+
+--- find_process(pid) -> Process | nil, err (tether.process).
+exec.find_process = process.find_process
 
 ---------------------------------------------------------------------------
 -- helpers
@@ -38,21 +47,7 @@ local function state_error(msg)
   return errors.new { msg = msg }
 end
 
--- signum(sig, what) -> signal number for "TERM", "SIGTERM" or 15; raises naming `what`.
-local function signum(sig, what)
-  if type(sig) == "number" then
-    if sig ~= math.floor(sig) or sig < 0 or sig > 64 then
-      error(what .. ": invalid signal number " .. tostring(sig), 3)
-    end
-    return sig
-  end
-  if type(sig) ~= "string" then error(what .. ": signal name or number expected", 3) end
-  local name = sig:upper()
-  if name:sub(1, 3) ~= "SIG" then name = "SIG" .. name end
-  local n = SIG[name]
-  if not n then error(what .. ": unknown signal " .. ("%q"):format(sig), 3) end
-  return n
-end
+local signum = process._signum
 exec._signum = signum
 
 -- A value tether can pass to a child as an fd: integer, Lua file, tether fd.
@@ -109,290 +104,6 @@ function exec.look_path(name)
   return nil, errors.new { op = "exec", path = name, err = errors.ErrNotFound, step = "lookup" }
 end
 
----------------------------------------------------------------------------
--- ProcessState
-
-local ProcessState = {}
-ProcessState.__index = ProcessState
-ProcessState.__name = "tether.ProcessState"
-
-local function new_state(t) return setmetatable({ _s = t }, ProcessState) end
-
---- state:exit_code() -> the exit code, or -1 when the process was killed by a signal.
-function ProcessState:exit_code() return self._s.code end
---- state:success() -> true when the process exited with code 0.
-function ProcessState:success() return self._s.exited and self._s.code == 0 end
---- state:exited() -> true when the process exited (was not killed by a signal).
-function ProcessState:exited() return self._s.exited end
---- state:signaled() -> true when a signal ended the process.
-function ProcessState:signaled() return self._s.signal ~= nil end
---- state:signal() -> the name of the signal that ended it ("SIGKILL"), or nil.
-function ProcessState:signal() local s = self._s.signal; return s and (SIG[s] or ("SIG" .. s)) or nil end
---- state:core_dumped() -> true when it dumped core.
-function ProcessState:core_dumped() return self._s.core_dumped == true end
---- state:pid() -> the process id it had.
-function ProcessState:pid() return self._s.pid end
---- state:user_time(), state:system_time() -> CPU seconds (wait4 rusage).
-function ProcessState:user_time() return self._s.utime end
-function ProcessState:system_time() return self._s.stime end
---- state:max_rss() -> peak resident set size in KiB.
-function ProcessState:max_rss() return self._s.maxrss end
---- state:sys() -> the raw wait status.
-function ProcessState:sys() return self._s.status end
-
-function ProcessState:__tostring()
-  local s = self._s
-  if s.signal then
-    return "signal: " .. core.strsignal(s.signal) .. (s.core_dumped and " (core dumped)" or "")
-  end
-  return "exit status " .. tostring(s.code)
-end
-
----------------------------------------------------------------------------
--- Process
-
-local Process = {}
-Process.__index = Process
-Process.__name = "tether.Process"
-
-local function new_process(p)
-  return setmetatable({ pid = p:pid(), _p = p }, Process)
-end
-
-local function done_or(errno, op, pid)
-  if errno == E.ESRCH then return errors.ErrProcessDone end
-  return errors.from_errno(op, tostring(pid), errno)
-end
-
---- process:signal(sig) -> true | nil, err. sig: "TERM", "SIGTERM" or a number.
--- Once the process has finished: nil, errors.ErrProcessDone.
-function Process:signal(sig)
-  local n = signum(sig, "signal")
-  local ok, errno = self._p:signal(n)
-  if ok then return true end
-  return nil, done_or(errno, "signal", self.pid)
-end
-
---- process:kill() -> true | nil, err: sends SIGKILL.
-function Process:kill() return self:signal(SIG.SIGKILL) end
-
---- process:signal_group(sig) -> true | nil, err: signals the process group whose
--- id is this process's pid (a child started with setpgid = true).
-function Process:signal_group(sig)
-  local n = signum(sig, "signal_group")
-  -- Once reaped, the group id may be recycled: never signal it then.
-  if self._state then return nil, errors.ErrProcessDone end
-  local ok, errno = core.kill(-self.pid, n)
-  if ok then return true end
-  return nil, done_or(errno, "signal_group", self.pid)
-end
-
---- process:try_wait() -> ProcessState once exited | false while running | nil, err.
-function Process:try_wait()
-  if self._state then return self._state end
-  local st, errno = self._p:try_wait()
-  if st then self._state = new_state(st); return self._state end
-  if st == false then return false end
-  return nil, errors.from_errno("wait", tostring(self.pid), errno)
-end
-
---- process:wait([timeout | ctx]) -> ProcessState | nil, err. Waits for the process
--- to exit and reaps it. A timeout that runs out gives err:is(errors.ErrTimeout), a
--- done ctx its error; the process is left running and a later wait still returns
--- its status.
-function Process:wait(limit)
-  local deadline, ctx = wait.limit(limit)
-  local backoff = 0.001
-  while true do
-    local st, err = self:try_wait()
-    if st then return st end
-    if st == nil then return nil, err end
-    if ctx and ctx:done() then return nil, ctx:err() end
-    local fd = self._p:pidfd()
-    if deadline and core.now() >= deadline then
-      return nil, errors.timeout("wait", tostring(self.pid))
-    end
-    if fd >= 0 then
-      wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline)
-    else -- no pidfd (old kernel): poll with backoff
-      require("tether").sleep(backoff)
-      backoff = math.min(backoff * 2, 0.05)
-    end
-  end
-end
-
---- process:release(): gives the process up; it is reaped in the background.
-function Process:release() self._p:release() end
-
---- process:pollfd() -> the pidfd (readable once the process exited); events() -> "r"; timeout() -> nil.
-function Process:pollfd() return self._p:pidfd() end
-function Process:_ready() return self:try_wait() ~= false end
-function Process:events() return "r" end
-function Process:timeout() return nil end
-
-function Process:__tostring() return "tether.Process(" .. tostring(self.pid) .. ")" end
-
---- find_process(pid) -> Process | nil, err. Backed by a pidfd, so a later
--- signal never reaches a recycled pid; wait works for this process's children.
-function exec.find_process(pid)
-  if type(pid) ~= "number" or pid <= 0 or pid ~= math.floor(pid) then
-    argerror(1, "find_process", "positive integer pid expected")
-  end
-  local p, errno = core.find_process(pid)
-  if not p then return nil, done_or(errno, "find_process", pid) end
-  return new_process(p)
-end
-
----------------------------------------------------------------------------
--- Reader and Writer (the parent's ends of pipes)
-
-local Reader = {}
-Reader.__index = Reader
-Reader.__name = "tether.Reader"
-
-local Writer = {}
-Writer.__index = Writer
-Writer.__name = "tether.Writer"
-
-local function io_error(op, errno) return errors.from_errno(op, nil, errno) end
-
-local service -- services one I/O task of a command (defined with Cmd below)
-
--- Waits until fd is ready for ev, meanwhile servicing the other I/O of the command
--- that owns the pipe (a string fed to stdin, sinks): a caller reading stdout before
--- wait() must not deadlock on a child blocked writing stderr or reading stdin.
-local function wait_pipe(pipe, fd, ev, deadline, ctx)
-  local tasks = pipe._cmd and pipe._cmd._tasks
-  if not tasks and not ctx then return wait.wait(fd, ev, deadline) end
-  local list = wait.add_ctx({ fd, ev }, ctx)
-  for _, t in ipairs(tasks or {}) do
-    if not t.done then
-      if service(t) then t.done = true
-      else list[#list + 1], list[#list + 2] = t.fd:getfd(), t.ev end
-    end
-  end
-  if #list == 2 then return wait.wait(fd, ev, deadline) end
-  return wait.wait_many(list, deadline) ~= false
-end
-
-local function closed_error() return errors.new { op = "read", msg = "read: file already closed" } end
-
--- Reads one chunk into self._pending (non-empty) or marks EOF; false at the deadline.
-local function fill(self, deadline, ctx)
-  while true do
-    local fd = self._fd
-    if not fd then return nil, closed_error() end
-    local data, errno = fd:read(CHUNK)
-    if data == "" then self._eof = true; return true end
-    if data then
-      self._pending = self._pending and self._pending .. data or data
-      return true
-    end
-    if data == nil then return nil, io_error("read", errno) end
-    if ctx and ctx:done() then return nil, ctx:err() end
-    if not wait_pipe(self, fd:getfd(), "r", deadline, ctx) then
-      if ctx and ctx:done() then return nil, ctx:err() end
-      return false
-    end
-  end
-end
-
---- reader:read([fmt [, timeout | ctx]]) -> data | nil at end of file | nil, err.
--- fmt: a number n (up to n bytes, as soon as any are available), "a" (all
--- until EOF, "" at EOF), "l" (a line without its newline), "L" (with it).
--- Default "l". A timeout that runs out gives err:is(errors.ErrTimeout), a done
--- ctx its error; what was read so far stays buffered for the next read.
-function Reader:read(fmt, limit)
-  fmt = fmt or "l"
-  if type(fmt) == "string" then fmt = fmt:gsub("^%*", ""):sub(1, 1) end
-  local deadline, ctx = wait.limit(limit)
-  while true do
-    local p = self._pending
-    if fmt == "a" then
-      if self._eof then self._pending = nil; return p or "" end
-    elseif type(fmt) == "number" then
-      if fmt <= 0 then return "" end
-      if p then
-        if #p <= fmt then self._pending = nil; return p end
-        self._pending = p:sub(fmt + 1)
-        return p:sub(1, fmt)
-      end
-      if self._eof then return nil end
-    elseif fmt == "l" or fmt == "L" then
-      local nl = p and find(p, "\n", 1, true)
-      if nl then
-        self._pending = nl < #p and p:sub(nl + 1) or nil
-        return p:sub(1, fmt == "l" and nl - 1 or nl)
-      end
-      if self._eof then self._pending = nil; return p end
-    else
-      error("bad argument #1 to 'read' (invalid format)", 2)
-    end
-    local ok, err = fill(self, deadline, ctx)
-    if ok == nil then return nil, err end
-    if ok == false then return nil, errors.timeout("read", nil) end
-  end
-end
-
---- reader:lines([fmt]) -> iterator over lines (without newlines); stops at EOF, raises on error.
-function Reader:lines(fmt)
-  return function()
-    local l, err = self:read(fmt or "l")
-    if err then error(tostring(err), 2) end
-    return l
-  end
-end
-
---- reader:close() -> true. Further reads fail; the child may get SIGPIPE/EPIPE on write.
-function Reader:close()
-  if self._fd then self._fd:close(); self._fd = nil end
-  return true
-end
-
---- reader:pollfd(), events() -> "r", timeout() -> nil: the cqueues pollable protocol.
-function Reader:pollfd() return self._fd and self._fd:getfd() or -1 end
-function Reader:_ready()
-  return self._pending ~= nil or self._eof or not self._fd or core.poll(self._fd, "r", 0) == true
-end
-function Reader:events() return "r" end
-function Reader:timeout() return nil end
-Reader.__gc = Reader.close
-Reader.__close = Reader.close
-
---- writer:write(...) -> true | nil, err. Writes every string argument fully,
--- waiting while the pipe is full. EPIPE (the reader is gone) is returned as an
--- error; the Lua process is never killed by SIGPIPE.
-function Writer:write(...)
-  for i = 1, select("#", ...) do
-    local s = select(i, ...)
-    if type(s) == "number" then s = tostring(s) end
-    if type(s) ~= "string" then error("bad argument #" .. i .. " to 'write' (string expected)", 2) end
-    local pos = 1
-    while pos <= #s do
-      local fd = self._fd
-      if not fd then return nil, errors.new { op = "write", msg = "write: file already closed" } end
-      local n, errno = fd:write(s, pos)
-      if n then pos = pos + n
-      elseif n == false then wait_pipe(self, fd:getfd(), "w", nil)
-      else return nil, io_error("write", errno) end
-    end
-  end
-  return true
-end
-
---- writer:close() -> true: the child reads EOF.
-function Writer:close()
-  if self._fd then self._fd:close(); self._fd = nil end
-  return true
-end
-function Writer:pollfd() return self._fd and self._fd:getfd() or -1 end
-function Writer:events() return "w" end
-function Writer:timeout() return nil end
-Writer.__gc = Writer.close
-Writer.__close = Writer.close
-
-local function new_reader(fd) return setmetatable({ _fd = fd }, Reader) end
-local function new_writer(fd) return setmetatable({ _fd = fd }, Writer) end
 
 ---------------------------------------------------------------------------
 -- Cmd
@@ -659,7 +370,7 @@ function Cmd:start()
     return nil, errors.from_errno(op, path, errno, step)
   end
   self.process = new_process(p)
-  self._tasks = tasks
+  engine.begin(self, tasks)
   return true
 end
 
@@ -669,173 +380,6 @@ function Cmd:_close_pipes()
   self._pipes = nil
 end
 
--- Services one I/O task without blocking; returns true when the task is finished.
-function service(task)
-  local fd = task.fd
-  if task.kind == "feed" then
-    local data = task.data
-    while task.pos <= #data do
-      local n, errno = fd:write(data, task.pos)
-      if n == false then return false end
-      if n == nil then
-        -- The child stopped reading: like Go, a closed stdin is not an error of the command.
-        if errno ~= E.EPIPE then task.err = io_error("write", errno) end
-        break
-      end
-      task.pos = task.pos + n
-    end
-    fd:close()
-    return true
-  end
-  local sink = task.sink
-  for _ = 1, 16 do -- bounded, so one busy stream cannot starve the others
-    if is_buffer(sink) then
-      local n, errno = sink:read_from(fd, PIPE_SIZE) -- straight into the buffer, a pipeful at a time
-      if n == 0 then fd:close(); return true end
-      if n == false then return false end
-      if n == nil then task.err = io_error("read", errno); fd:close(); return true end
-    else
-      local data, errno = fd:read(CHUNK)
-      if data == "" then fd:close(); return true end
-      if data == false then return false end
-      if data == nil then task.err = io_error("read", errno); fd:close(); return true end
-      if type(sink) == "function" then sink(data) else sink[#sink + 1] = data end
-    end
-  end
-  return false
-end
-
-local function exit_error(state)
-  local err = errors.new { msg = tostring(state) }
-  err.exit_code = state:exit_code()
-  err.signal = state:signal()
-  err.state = state
-  return err
-end
-
--- The default cmd.cancel: SIGKILL to the process, or to its whole group with setpgid = true.
-local function default_cancel(cmd)
-  if cmd.setpgid == true then return cmd.process:signal_group("SIGKILL") end
-  return cmd.process:kill()
-end
-
--- The command's context is done: run cmd.cancel once and start the wait_delay clock (Go 1.20).
-local function on_context_done(c)
-  c._canceled = true
-  local ok, cerr = (c.cancel or default_cancel)(c)
-  if ok then c._ctx_err = c.ctx:err()
-  elseif cerr and errors.is(cerr, errors.ErrProcessDone) then -- it had exited already
-  else c._ctx_err = errors.wrap(cerr or errors.new { msg = "cancel failed" }, "exec: canceling Cmd") end
-  if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
-end
-
--- wait_delay ran out: kill a process still running, stop waiting for its I/O.
-local function on_delay_expired(c)
-  c._delay_at = math.huge
-  if not c._state then
-    local ok = c.process:kill()
-    if ok and not c._ctx_err then c._ctx_err = errors.ErrWaitDelay end
-  end
-  for _, t in ipairs(c._tasks) do
-    if not t.done then
-      t.done = true
-      t.fd:close()
-      c._io_err = errors.ErrWaitDelay
-    end
-  end
-end
-
--- drive(cmds, deadline) -> true | nil, err: services the I/O tasks of every cmd and
--- reaps every process, until all processes exited and all I/O reached its end. One loop
--- for all, so a pipeline's stages never wait on each other through Lua. A command's
--- context and wait_delay are watched here too.
-local function drive(cmds, deadline, wctx)
-  local last_pass = false -- the deadline passed as an fd turned ready: one more pass takes it
-  while true do
-    if wctx and wctx:done() then return nil, wctx:err() end
-    -- The pidfds go first in the wait list: wait_many reports the first ready pair, so an
-    -- exit is always seen, and wait4 runs only when a pidfd said so (not on every pass).
-    local ios, pids, nopidfd, d = {}, {}, false, deadline
-    local now = core.now()
-    for _, c in ipairs(cmds) do
-      local ctx = c.ctx
-      if ctx and not c._canceled and not c._state and ctx:done() then on_context_done(c) end
-      if c._delay_at and now >= c._delay_at then on_delay_expired(c) end
-      local busy = false
-      for _, t in ipairs(c._tasks) do
-        if not t.done then
-          if service(t) then t.done = true
-          else ios[#ios + 1], ios[#ios + 2] = t.fd:getfd(), t.ev; busy = true end
-        end
-      end
-      if not c._state then
-        local st, err = false, nil
-        -- wait4 once a pidfd said so, or when the Process was reaped through another handle
-        -- (process:try_wait(), as the supervisor does)
-        if c._exit_seen ~= false or c.process._state then st, err = c.process:try_wait() end
-        if st == nil then return nil, err end
-        if st then
-          c._state = st
-          -- wait_delay also bounds the I/O left once the process has exited
-          if c.wait_delay and not c._delay_at then c._delay_at = core.now() + c.wait_delay end
-        else
-          busy = true
-          local pidfd = c.process._p:pidfd()
-          if pidfd >= 0 then pids[#pids + 1] = c; c._exit_seen = false
-          else nopidfd = true end
-          if ctx and not c._canceled then
-            wait.add_ctx(ios, ctx)
-            local cd = ctx:deadline()
-            if cd and (not d or cd < d) then d = cd end
-          end
-        end
-      end
-      if busy and c._delay_at and (not d or c._delay_at < d) then d = c._delay_at end
-    end
-    local list = {}
-    for i, c in ipairs(pids) do list[2 * i - 1], list[2 * i] = c.process._p:pidfd(), "r" end
-    for j = 1, #ios do list[#list + 1] = ios[j] end
-    if #list == 0 and not nopidfd then return true end
-    wait.add_ctx(list, wctx)
-    if nopidfd then -- no pidfd (old kernel): look at the process again soon
-      local soon = core.now() + 0.005
-      if not d or soon < d then d = soon end
-    end
-    local ready = false
-    if #list > 0 then
-      local i = wait.wait_many(list, d)
-      if i and pids[i] then pids[i]._exit_seen = true end
-      ready = i and i ~= 0
-    else require("tether").sleep(d - core.now()) end
-    if deadline and core.now() >= deadline then
-      if wctx and wctx:done() then return nil, wctx:err() end
-      if not ready or last_pass then return nil, errors.timeout("wait", nil) end
-      last_pass = true
-    end
-  end
-end
-
--- Ends a wait: closes pipes, records the state, returns the command's result, in Go's
--- order: the exit status, then the context's error (or ErrWaitDelay), then I/O errors.
-local function finish(self)
-  self._waited = true
-  local tasks = self._tasks
-  self._tasks = nil
-  self:_close_pipes()
-  local state = self._state
-  self.process_state = state
-  if not state:success() then
-    local err = exit_error(state)
-    err.err = self._ctx_err -- a cancelled command's ExitError also is(context.Canceled)
-    return nil, err
-  end
-  if self._ctx_err then return nil, self._ctx_err end
-  if self._io_err then return nil, self._io_err end
-  for _, t in ipairs(tasks) do
-    if t.err then return nil, t.err end
-  end
-  return true
-end
 
 local function check_waitable(self)
   if not self._started or not self.process then return state_error("exec: not started") end
@@ -980,3 +524,4 @@ end
 exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer
 
 return exec
+

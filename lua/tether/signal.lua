@@ -10,48 +10,26 @@ local core = require "tether.core"
 local errors = require "tether.errors"
 local wait = require "tether.wait"
 
-local type, pairs, ipairs, setmetatable, error, select, tostring =
-  type, pairs, ipairs, setmetatable, error, select, tostring
+local type, pairs, ipairs, setmetatable, error, select =
+  type, pairs, ipairs, setmetatable, error, select
 
 local SIG = core.signals
+local signame = require "tether.signame"
 local M = {}
 
 -- Signals tether refuses to touch: synchronous faults and the uncatchable ones.
 local refused = { SIGSEGV = true, SIGBUS = true, SIGFPE = true, SIGILL = true,
   SIGKILL = true, SIGSTOP = true }
 
--- name(n) -> "SIGINT" (or "SIGRTMIN+3" / "SIG<n>").
-local function name_of(n)
-  if SIG[n] then return SIG[n] end
-  if n >= SIG.SIGRTMIN and n <= SIG.SIGRTMAX then
-    return n == SIG.SIGRTMIN and "SIGRTMIN" or ("SIGRTMIN+" .. (n - SIG.SIGRTMIN))
-  end
-  return "SIG" .. n
-end
+-- name(n) -> "SIGINT" (or "SIGRTMIN+3" / "SIG<n>"): tether.signame, the library's one parser.
+local name_of = signame.name
 
 -- number(sig, argn, fname) -> signal number; raises naming the argument.
 local function number(sig, argn, fname, level)
   level = level or 3
-  local n
-  if type(sig) == "number" then
-    n = sig
-    if n ~= math.floor(n) or n < 1 or n > SIG.SIGRTMAX then
-      error(("bad argument #%d to '%s' (invalid signal number %s)"):format(argn, fname, tostring(sig)), level)
-    end
-  elseif type(sig) == "string" then
-    local s = sig:upper()
-    if s:sub(1, 3) ~= "SIG" then s = "SIG" .. s end
-    n = SIG[s]
-    if not n then
-      local off = s:match("^SIGRTMIN%+(%d+)$")
-      if off then n = SIG.SIGRTMIN + tonumber(off) end
-    end
-    if not n or n > SIG.SIGRTMAX then
-      error(("bad argument #%d to '%s' (unknown signal %q)"):format(argn, fname, sig), level)
-    end
-  else
-    error(("bad argument #%d to '%s' (signal name or number expected, got %s)"):format(argn, fname, type(sig)), level)
-  end
+  local n, why = signame.number(sig)
+  if n == 0 then n, why = nil, "invalid signal number 0" end
+  if not n then error(("bad argument #%d to '%s' (%s)"):format(argn, fname, why), level) end
   if refused[SIG[n] or ""] then
     error(("bad argument #%d to '%s' (%s cannot be handled by tether)"):format(argn, fname, SIG[n]), level)
   end

@@ -310,7 +310,7 @@ local function add_fds(k, list)
     if fd >= 0 then list[#list + 1], list[#list + 2] = fd, "r"
     else d = now() + NO_PIDFD_POLL end
   end
-  for _, task in ipairs(cmd._tasks or {}) do -- I/O serviced by cmd:wait (a string stdin, sinks)
+  for _, task in ipairs(require("tether.engine").tasks(cmd)) do -- I/O serviced by cmd:wait (a string stdin, sinks)
     local fd = not task.done and task.fd:getfd() or -1
     if fd >= 0 then list[#list + 1], list[#list + 2] = fd, task.ev end
   end
