@@ -43,6 +43,7 @@ build = {
    modules = {
       ["tether.core"] = {
          sources = {
+            "src/bigstr.c",
             "src/buffer.c",
             "src/children.c",
             "src/copy.c",
