@@ -15,3 +15,5 @@ ignore = {
 files["spec/"] = { std = "+busted" }
 -- handlers set ngx.status, ngx.header...
 files["examples/openresty/"] = { globals = { "ngx" } }
+-- bin/tether-init is sh and Lua at once: its sh preamble is the Lua string `_ = [[...]]`.
+files["bin/tether-init"] = { globals = { "_" } }

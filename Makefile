@@ -30,7 +30,7 @@ LDFLAGS += -shared -pthread
 
 # What make test and make demo need, from Debian's packages.
 DEB_PKGS := $(LUA_PKGS) lua-busted pkg-config gcc make luarocks lua-cqueues lua-socket lua-filesystem lua-posix \
-  nginx libnginx-mod-http-lua curl lua-check cppcheck tini
+  nginx libnginx-mod-http-lua curl lua-check cppcheck tini valgrind
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -38,6 +38,8 @@ export TETHER_LUA := $(LUA_BIN)
 export TETHER_SIGEXEC := $(CURDIR)/$(BUILD)/sigexec
 export TETHER_HOSTHANDLER := $(CURDIR)/$(BUILD)/spec/hosthandler.so
 export TETHER_SEMTHREAD := $(CURDIR)/$(BUILD)/spec/semthread.so
+export TETHER_EMBEDHOST := $(CURDIR)/$(BUILD)/spec/embedhost
+export TETHER_REAPHOST := $(CURDIR)/$(BUILD)/spec/reaphost.so
 
 .PHONY: all deps test test-all demo clean install
 
@@ -88,9 +90,22 @@ $(BUILD)/spec/semthread.so: spec/helpers/semthread.c src/sync.c src/util.c $(HDR
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ spec/helpers/semthread.c src/sync.c src/util.c
 
+# A spec helper: a C program embedding Lua that opens, runs and closes lua_States and handles
+# signals itself (spec/helpers/embedhost.c). Built with CFLAGS, so the ASan build has ASan.
+$(BUILD)/spec/embedhost: spec/helpers/embedhost.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LUA_CFLAGS) -o $@ $< $(filter-out -shared,$(LDFLAGS)) $(shell pkg-config --libs $(LUA_PC)) -ldl -lm
+
+# A spec helper: a Lua C module standing for a host that reaps every child (a thread looping
+# waitpid(-1, WNOHANG); SIGCHLD ignored) (spec/helpers/reaphost.c).
+$(BUILD)/spec/reaphost.so: spec/helpers/reaphost.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -fPIC -shared -pthread $(LUA_CFLAGS) -o $@ $<
+
 # SPECS=spec/exec_spec.lua runs one spec file (or several) instead of the whole suite.
 SPECS ?= spec
-SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+SPEC_HELPERS := $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so \
+  $(BUILD)/spec/embedhost $(BUILD)/spec/reaphost.so
 
 test: $(CORE) $(SPEC_HELPERS)
 	@mkdir -p $(BUILD)
@@ -126,7 +141,7 @@ doc-coverage:
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: tether.core and the Lua modules
 # where this Lua's default package.path and package.cpath look, and bin/tether-init in
-# $(PREFIX)/bin with its first line naming this Lua's interpreter (e.g. /usr/bin/lua5.4).
+# $(PREFIX)/bin with its sh preamble naming this Lua's interpreter (e.g. /usr/bin/lua5.4).
 PREFIX ?= /usr/local
 LUA_ABI := $(if $(filter luajit,$(LUA)),5.1,$(LUA))
 INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_ABI)
@@ -137,7 +152,7 @@ install: $(CORE)
 	install -m 755 $(CORE) $(DESTDIR)$(INSTALL_CMOD)/tether/core.so
 	cd lua && find tether -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(INSTALL_LMOD)/{} \;
 	install -d $(DESTDIR)$(PREFIX)/bin
-	sed '1s|.*|#!$(shell command -v $(LUA_BIN) || echo /usr/bin/env $(LUA_BIN))|' bin/tether-init > $(DESTDIR)$(PREFIX)/bin/tether-init
+	sed 's|^lua=lua #|lua=$(shell command -v $(LUA_BIN) || echo $(LUA_BIN)) #|' bin/tether-init > $(DESTDIR)$(PREFIX)/bin/tether-init
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/tether-init
 
 clean:
@@ -154,11 +169,15 @@ clean:
 # fail the target, and so do leaks with a frame in tether (a Lua child passes LD_PRELOAD on to
 # the programs it runs, such as sort, whose own leaks are only shown); warnings do not fail.
 ASAN_BUILD   := build/$(LUA)-asan
+# ASAN_SPECS="spec/a_spec.lua ..." runs some spec files only (default: all of spec/).
+ASAN_SPECS   ?= spec
 ASAN_FLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
   TETHER_SIGEXEC=$(CURDIR)/$(ASAN_BUILD)/sigexec \
   TETHER_HOSTHANDLER=$(CURDIR)/$(ASAN_BUILD)/spec/hosthandler.so \
   TETHER_SEMTHREAD=$(CURDIR)/$(ASAN_BUILD)/spec/semthread.so \
+  TETHER_EMBEDHOST=$(CURDIR)/$(ASAN_BUILD)/spec/embedhost \
+  TETHER_REAPHOST=$(CURDIR)/$(ASAN_BUILD)/spec/reaphost.so \
   TETHER_LUA=$(CURDIR)/spec/helpers/asan-lua TETHER_ASAN_LUA=$(LUA_BIN) \
   TETHER_ASAN_LIB=$$(gcc -print-file-name=libasan.so) \
   ASAN_OPTIONS=detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:log_path=$(CURDIR)/$(ASAN_BUILD)/report \
@@ -169,9 +188,9 @@ ASAN_ENV      = LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
 check-asan:
 	@CFLAGS="-O1 -g $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)" $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	  $(ASAN_BUILD)/tether/core.so $(ASAN_BUILD)/sigexec $(ASAN_BUILD)/spec/hosthandler.so \
-	  $(ASAN_BUILD)/spec/semthread.so
+	  $(ASAN_BUILD)/spec/semthread.so $(ASAN_BUILD)/spec/embedhost $(ASAN_BUILD)/spec/reaphost.so
 	@rm -f $(ASAN_BUILD)/report.*
-	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP spec \
+	@$(ASAN_ENV) timeout -s KILL 1800 spec/helpers/asan-lua /usr/bin/busted --helper=spec/helpers/asan.lua -o TAP $(ASAN_SPECS) \
 	    > $(ASAN_BUILD)/test.tap 2>$(ASAN_BUILD)/test.err; rc=$$?; \
 	  cat $(ASAN_BUILD)/test.tap; cat $(ASAN_BUILD)/test.err >&2; \
 	  for f in $(ASAN_BUILD)/report.*; do [ -f "$$f" ] || continue; echo "== sanitizer report $$f:"; cat "$$f"; \
@@ -192,7 +211,7 @@ VG_JOBS  ?= $(shell nproc)
 VALGRIND ?= valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
   --child-silent-after-fork=yes --trace-children=no --suppressions=spec/helpers/valgrind.supp
 
-check-valgrind: $(CORE) $(BUILD)/sigexec $(BUILD)/spec/hosthandler.so $(BUILD)/spec/semthread.so
+check-valgrind: $(CORE) $(SPEC_HELPERS)
 	@rm -rf $(VG_DIR); mkdir -p $(VG_DIR)
 	@TETHER_VALGRIND=1 VG_SPECS="$(VG_SPECS)" timeout -s KILL 3600 \
 	  sh scripts/valgrind-shards.sh $(VG_JOBS) $(VG_DIR) $(LUA_BIN) $(VALGRIND)

@@ -169,6 +169,30 @@ describe("start() failing in the child", function()
 end)
 
 -- Point 3.
+-- Issue 12, Build 5: nginx starts its workers without PATH.
+describe("with PATH unset", function()
+  local old_path
+  before_each(function() old_path = env.get("PATH"); assert(env.unset("PATH")) end)
+  after_each(function() env.set("PATH", old_path) end)
+
+  it("look_path searches the execvp default /bin:/usr/bin", function()
+    assert.is_nil(env.get("PATH"))
+    local path, err = exec.look_path("sh")
+    assert.is_nil(err)
+    assert.is_truthy(path == "/bin/sh" or path == "/usr/bin/sh", path)
+  end)
+
+  it("command runs sh found on the default path", function()
+    assert.are.equal("found\n", assert(exec.command("sh", "-c", "echo found"):output()))
+  end)
+
+  it("an empty PATH still searches nothing", function()
+    env.set("PATH", "")
+    local _, err = exec.look_path("sh")
+    assert.is_true(errors.is(err, errors.ErrNotFound))
+  end)
+end)
+
 describe("a match through a relative PATH entry", function()
   local dir, rel, old_path, old_cwd, lfs
   local prog = "tether-dot-prog"

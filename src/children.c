@@ -10,6 +10,7 @@
  * (children.h), tether_child_stash and tether_reap_orphans (tether.h). */
 #include "tether.h"
 #include "children.h"
+#include "spawn.h" /* tether_relay_reap_orphans */
 
 #include <errno.h>
 #include <pthread.h>
@@ -80,6 +81,7 @@ int tether_child_orphan(struct child_rec *r) {
 
 void tether_reap_orphans(void) {
   if (tether_reaper_on()) tether_reaper_step();
+  tether_relay_reap_orphans(); /* relay mode's released intermediates (relay.c) */
   if (atomic_load_explicit(&orphan_count, memory_order_relaxed) == 0) return;
   int saved = errno;
   pthread_mutex_lock(&children_lock);

@@ -20,6 +20,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_fd(L);
   tether_open_buffer(L);
   tether_open_process(L);
+  tether_open_relay(L);
   tether_open_env(L);
   tether_open_signal(L);
   tether_open_systemd(L);
@@ -30,6 +31,8 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tether_open_pool(L);
   tether_open_cpus(L);
   tether_open_copy(L);
+  tether_open_hostflag(L);
+  tether_open_fdkind(L);
   lua_pushcfunction(L, core_kind);
   lua_setfield(L, -2, "kind");
   return 1;

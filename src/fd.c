@@ -202,6 +202,15 @@ static int fd_close(lua_State *L) {
   return 1;
 }
 
+/* fd:release() -> the integer fd (-1 when closed), which this object no longer owns: it
+ * will not close it (tether.ngx hands a pipe's read end to a pool thread, which closes it). */
+static int fd_release(lua_State *L) {
+  tfd *f = luaL_checkudata(L, 1, TETHER_FD_MT);
+  lua_pushinteger(L, f->fd);
+  f->fd = -1;
+  return 1;
+}
+
 /* fd:getfd() -> the integer fd, or -1 when closed. */
 static int fd_getfd(lua_State *L) {
   tfd *f = luaL_checkudata(L, 1, TETHER_FD_MT);
@@ -237,7 +246,7 @@ static int fd_tostring(lua_State *L) {
 }
 
 static const luaL_Reg fd_methods[] = {
-  {"read", fd_read}, {"write", fd_write}, {"close", fd_close}, {"getfd", fd_getfd},
+  {"read", fd_read}, {"write", fd_write}, {"close", fd_close}, {"getfd", fd_getfd}, {"release", fd_release},
   {"set_nonblock", fd_set_nonblock}, {"notify", fd_notify}, {"set_pipe_size", fd_set_pipe_size}, {NULL, NULL},
 };
 

@@ -22,7 +22,6 @@
 #include "tether.h"
 #include "lane.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -183,13 +182,6 @@ static void *lane_main(void *arg) {
   return NULL;
 }
 
-/* Lane threads may outlive the lua_State that loaded this library: never unload it. */
-static void pin_library(void) {
-  Dl_info info;
-  if (dladdr((void *)&lane_main, &info) && info.dli_fname)
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
 /* A forked child has none of the parent's threads: start the lane afresh there. */
 static void fork_prepare(void) { pthread_mutex_lock(&lane.mu); }
 static void fork_parent(void) { pthread_mutex_unlock(&lane.mu); }
@@ -203,7 +195,7 @@ static void fork_child(void) {
 
 static pthread_once_t lane_once = PTHREAD_ONCE_INIT;
 static void lane_init(void) {
-  pin_library();
+  tether_pin_library(); /* lane threads may outlive the lua_State that loaded this library */
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 

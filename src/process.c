@@ -11,8 +11,11 @@
  * (nginx's workers) would take the status of tether's children, whichever thread started
  * them. With the guard on, SIGCHLD stays blocked in the thread that turned it on (the
  * host's event loop; other threads of such hosts block it already), so the host's handler
- * never runs while it is on; tether reaps its own children through their pidfds. */
-#include "tether.h"
+ * never runs while it is on; tether reaps its own children through their pidfds.
+ *
+ * Relay mode (relay.c) runs the same child path (tether_child_main, spawn.h) under an
+ * intermediate; the Process then holds a tether_relay instead of a pid table entry. */
+#include "spawn.h"
 #include "children.h"
 
 #include <errno.h>
@@ -30,20 +33,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* The child runs on a borrowed stack in the parent's memory: keep ASan's stack poisoning
- * out of it, and wipe what it left on that buffer once the parent runs again. */
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define NO_ASAN __attribute__((no_sanitize_address))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define NO_ASAN
-#define UNPOISON(p, n) ((void)0)
-#endif
-
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -61,6 +50,9 @@ typedef struct {
   int status;
   struct rusage ru;
   struct child_rec *rec; /* NULL once reaped or released, or when not our child */
+  tether_relay *relay;   /* relay mode: the intermediate holding the command (relay.c) */
+  int lost;              /* relay mode: the intermediate died first; lost_status is its status */
+  int lost_status;
 } tproc;
 
 static tproc *check_proc(lua_State *L, int idx) {
@@ -78,56 +70,60 @@ static tproc *new_proc(lua_State *L) {
 
 /* ---- the child guard ------------------------------------------------------------------ */
 
-static int guard_on;
+/* Per thread, as signal masks are: nginx's event loop and its pool threads each have their
+ * own. on: the guard is wanted in this thread. applied: the pid in which SIGCHLD was blocked
+ * for it (a fork child, e.g. an nginx worker forked after init_by_lua, starts with a mask
+ * nginx resets: the guard is applied again there). ours: SIGCHLD was unblocked before, so
+ * turning the guard off may unblock it; a thread that had it blocked (nginx's pool threads)
+ * keeps it blocked whatever happens. */
+static _Thread_local struct { int on, ours; pid_t applied; } guard;
 
-/* guard_children(on) -> previous setting. See the file comment: on blocks SIGCHLD in the
- * calling thread (the host's event loop thread) until the guard is turned off. */
+static void guard_apply(void) {
+  pid_t me = getpid();
+  if (guard.applied == me) return;
+  sigset_t chld, before;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &chld, &before);
+  guard.ours = !sigismember(&before, SIGCHLD);
+  guard.applied = me;
+}
+
+/* Called before every spawn: a guard wanted in this thread is in force (re-applied after
+ * a fork). */
+static void guard_refresh(void) {
+  if (guard.on) guard_apply();
+}
+
+/* guard_children(on [, lazy]) -> previous setting (of this thread). See the file comment:
+ * on blocks SIGCHLD in the calling thread (the host's event loop thread) until the guard is
+ * turned off; lazy defers that to this thread's next spawn (set_waiter in nginx's
+ * init_by_lua, which runs in the master: its workers get the guard, the master nothing).
+ * Off unblocks SIGCHLD only if the guard blocked it, in this thread of this process. */
 static int proc_guard_children(lua_State *L) {
-  int on = lua_toboolean(L, 1);
-  lua_pushboolean(L, guard_on);
-  if (on != guard_on) {
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    pthread_sigmask(on ? SIG_BLOCK : SIG_UNBLOCK, &chld, NULL);
-    guard_on = on;
+  int on = lua_toboolean(L, 1), lazy = lua_toboolean(L, 2);
+  lua_pushboolean(L, guard.on);
+  if (on) {
+    guard.on = 1;
+    if (!lazy) guard_apply();
+  } else if (guard.on) {
+    if (guard.applied == getpid() && guard.ours) {
+      sigset_t chld;
+      sigemptyset(&chld);
+      sigaddset(&chld, SIGCHLD);
+      pthread_sigmask(SIG_UNBLOCK, &chld, NULL);
+    }
+    guard.on = guard.ours = 0;
+    guard.applied = 0;
   }
   return 1;
 }
 
 /* ---- spawn --------------------------------------------------------------------------- */
 
-enum step { STEP_NONE, STEP_SETSID, STEP_SETPGID, STEP_PDEATHSIG, STEP_CHDIR, STEP_DUP2,
-            STEP_CLOSE, STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_EXEC, STEP_TCSETPGRP };
 static const char *const step_names[] = { "", "setsid", "setpgid", "pdeathsig", "chdir", "dup2",
                                           "close", "setgroups", "setgid", "setuid", "exec",
-                                          "tcsetpgrp" };
-
-/* Everything the child needs, prepared by the parent: the child only reads it (and fds,
- * which it rewrites in place) and reports a failure in err/step. CLONE_VM shares this
- * memory; CLONE_VFORK keeps the parent thread suspended until execve or _exit. */
-struct child_args {
-  const char *path;
-  char *const *argv;
-  char *const *envp;
-  const char *dir;
-  int *fds;              /* child fd i <- fds[i] (a parent fd) */
-  int nfds;
-  int max_src_fd;
-  pid_t pgid;            /* -1: keep; 0: own group; > 0: join that group */
-  int setsid;
-  int foreground;        /* make the child's group the foreground group of the tty on fd 0 */
-  int pdeathsig;         /* 0: none */
-  pid_t parent_pid;
-  int set_uid, set_gid, set_groups;
-  uid_t uid;
-  gid_t gid;
-  gid_t *groups;
-  int ngroups;
-  int errpipe;           /* -1, or the write end of a CLOEXEC pipe when memory is not shared */
-  volatile int err;
-  volatile int step;
-};
+                                          "tcsetpgrp", "relay" };
 
 /* Whether clone(CLONE_VM) really shares memory. It does on Linux; emulators such as
  * valgrind turn it into a fork, and then the child's report needs a pipe. Probed once. */
@@ -153,22 +149,27 @@ static int memory_is_shared(void) {
   return v;
 }
 
-/* The child side. Only async-signal-safe calls; ids are set with raw syscalls so glibc
- * does not try to broadcast them to the parent's threads (which share this memory). */
-NO_ASAN static int child_main(void *arg) {
-  struct child_args *a = arg;
-  int step;
-
-  /* Every handled or ignored signal back to SIG_DFL: a handler of the parent must never
-   * run on this shared memory, and the child starts with default dispositions. */
+/* Every handled or ignored signal back to SIG_DFL: a handler of the parent must never
+ * run on this shared memory, and the child starts with default dispositions. Also run by
+ * relay mode's intermediate (relay.c). */
+NO_ASAN void tether_child_reset_signals(const struct child_args *a) {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
+  struct sigaction ign; /* inherit_signals: what the process was started with, as tini hands it */
+  memset(&ign, 0, sizeof ign);
+  ign.sa_handler = SIG_IGN;
   for (int s = 1; s < NSIG; s++) {
     struct sigaction old;
     if (s == SIGKILL || s == SIGSTOP) continue;
-    if (sigaction(s, NULL, &old) == 0) {
-      if (old.sa_handler != SIG_DFL) sigaction(s, &dfl, NULL);
+    if (a && a->inherit_sigs && s <= 64 && (a->ign >> (s - 1)) & 1) {
+      if (sigaction(s, &ign, NULL) < 0 && errno == EINVAL) { /* glibc's 32, 33: the raw call */
+        unsigned long k[4] = {(unsigned long)(uintptr_t)SIG_IGN, 0, 0, 0};
+        syscall(SYS_rt_sigaction, s, k, NULL, (size_t)(NSIG / 8));
+      }
+    } else if (sigaction(s, NULL, &old) == 0) {
+      /* SIGCHLD's SA_NOCLDWAIT too: the relay intermediate must see its command's status */
+      if (old.sa_handler != SIG_DFL || (s == SIGCHLD && (old.sa_flags & SA_NOCLDWAIT))) sigaction(s, &dfl, NULL);
     } else if (errno == EINVAL) {
       /* glibc keeps 32 and 33 for itself and refuses them: set SIG_DFL with the raw
        * syscall (an all-zero kernel sigaction is SIG_DFL, no flags, empty mask). */
@@ -176,13 +177,18 @@ NO_ASAN static int child_main(void *arg) {
       syscall(SYS_rt_sigaction, s, zero, NULL, (size_t)(NSIG / 8));
     }
   }
+}
 
+/* The child side, run by both spawn modes (relay.c runs it under its intermediate). Only
+ * async-signal-safe calls; ids are set with raw syscalls so glibc does not try to
+ * broadcast them to the parent's threads (which share this memory). */
+NO_ASAN int tether_child_main(void *arg) {
+  struct child_args *a = arg;
+  int step;
+
+  tether_child_reset_signals(a);
   if (a->setsid && setsid() < 0) { step = STEP_SETSID; goto fail; }
   if (a->pgid >= 0 && setpgid(0, a->pgid) < 0) { step = STEP_SETPGID; goto fail; }
-  if (a->pdeathsig) {
-    if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0) { step = STEP_PDEATHSIG; goto fail; }
-    if (getppid() != a->parent_pid) kill(getpid(), a->pdeathsig); /* the parent already died */
-  }
   if (a->dir && chdir(a->dir) < 0) { step = STEP_CHDIR; goto fail; }
 
   /* stdio and extra files. Pass 1 moves every source that a lower target would overwrite
@@ -224,10 +230,15 @@ NO_ASAN static int child_main(void *arg) {
   if (a->set_groups && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0) { step = STEP_SETGROUPS; goto fail; }
   if (a->set_gid && syscall(SYS_setgid, a->gid) < 0) { step = STEP_SETGID; goto fail; }
   if (a->set_uid && syscall(SYS_setuid, a->uid) < 0) { step = STEP_SETUID; goto fail; }
+  /* After the ids: changing them clears the parent-death signal. */
+  if (a->pdeathsig) {
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0) { step = STEP_PDEATHSIG; goto fail; }
+    if (getppid() != a->parent_pid) kill(getpid(), a->pdeathsig); /* the parent already died */
+  }
 
   sigset_t empty;
   sigemptyset(&empty);
-  sigprocmask(SIG_SETMASK, &empty, NULL);
+  sigprocmask(SIG_SETMASK, a->inherit_sigs ? &a->mask : &empty, NULL);
   execve(a->path, a->argv, a->envp);
   step = STEP_EXEC;
 fail:
@@ -238,6 +249,44 @@ fail:
     while (write(a->errpipe, report, sizeof report) < 0 && errno == EINTR) {}
   }
   _exit(127);
+}
+
+/* The relay-mode spawn: the same child_args, run by tether_child_main under relay.c's
+ * intermediate. Returns what proc_spawn returns. */
+static int spawn_relayed(lua_State *L, struct child_args *a) {
+  tproc *p = new_proc(L); /* the object exists before the child does */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int inherit_env = a->envp == NULL;
+  if (inherit_env) { tether_env_lock(); a->envp = environ; }
+  tether_relay *r = NULL;
+  int rc = tether_relay_spawn(a, &r);
+  int e = errno;
+  if (inherit_env) tether_env_unlock();
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc < 0) {
+    lua_pushnil(L);
+    if (a->err) {
+      lua_pushinteger(L, a->err);
+      lua_pushstring(L, step_names[a->step]);
+    } else {
+      lua_pushinteger(L, e);
+      lua_pushstring(L, a->step == STEP_RELAY ? "relay" : "clone");
+    }
+    return 3;
+  }
+  p->pid = tether_relay_pid(r);
+  p->owned = 1;
+  p->relay = r;
+  return 1;
+}
+
+/* The clone that starts a command (both modes: relay.c's intermediate calls it too):
+ * tether_child_main(a) on stack_top, sharing memory, the caller suspended until execve or
+ * _exit, exit signal 0, its pidfd written to *pidfd. Async-signal-safe. */
+NO_ASAN pid_t tether_clone_child(struct child_args *a, char *stack_top, int *pidfd) {
+  return clone(tether_child_main, stack_top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, a, pidfd);
 }
 
 /* A NULL-terminated char* array from the list at t[field] (strings only), in memory
@@ -277,7 +326,9 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *field, lua_Int
 
 /* spawn(spec) -> process | nil, errno, step.
  * spec: path, argv (list), env (list of "K=V"; nil inherits), dir, fds (list: child fd i-1
- * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig
+ * <- fds[i], a parent fd), pgid (nil: keep, 0: own group, >0: join), setsid, pdeathsig,
+ * inherit_signals (keep the dispositions ignored before tether and this thread's mask), sigign
+ * (with inherit_signals: a list of more signal numbers the child starts with ignored)
  * (number), uid, gid, groups (list of gids). The Lua layer validates and names arguments;
  * here a bad spec raises a plain error. An exec failure is reported synchronously. */
 static int proc_spawn(lua_State *L) {
@@ -320,6 +371,23 @@ static int proc_spawn(lua_State *L) {
   lua_getfield(L, 1, "foreground");
   a.foreground = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  lua_getfield(L, 1, "inherit_signals");
+  a.inherit_sigs = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (a.inherit_sigs) {
+    a.ign = tether_signal_inherited();
+    lua_getfield(L, 1, "sigign"); /* more signals ignored at start, known to the caller */
+    if (lua_istable(L, -1)) {
+      for (int i = 1; i <= (int)lua_rawlen(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        lua_Integer sig = lua_tointeger(L, -1);
+        if (sig > 0 && sig < NSIG && sig <= 64 && sig != SIGKILL && sig != SIGSTOP)
+          a.ign |= (uint64_t)1 << (sig - 1);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
   a.pdeathsig = (int)opt_int_field(L, 1, "pdeathsig", 0, 0, 64);
   lua_Integer uid = opt_int_field(L, 1, "uid", -1, 0, 4294967294.0);
   lua_Integer gid = opt_int_field(L, 1, "gid", -1, 0, 4294967294.0);
@@ -348,6 +416,14 @@ static int proc_spawn(lua_State *L) {
     a.ngroups = 0;
   }
   if (a.pdeathsig) a.parent_pid = getpid();
+  /* Relay mode (relay.c): the command's parent is an intermediate no host can reap. */
+  int relay = tether_relay_wanted();
+  if (relay && !memory_is_shared()) {
+    if (relay == 2) { lua_pushnil(L); lua_pushinteger(L, ENOSYS); lua_pushliteral(L, "relay"); return 3; }
+    relay = 0; /* "auto" under an emulator (valgrind): spawn directly */
+  }
+  if (relay) return spawn_relayed(L, &a);
+  guard_refresh(); /* issue 12: a direct spawn has the guard wanted in this thread in force */
   int errpipe[2] = { -1, -1 };
   a.errpipe = -1;
   if (!memory_is_shared()) {
@@ -371,6 +447,7 @@ static int proc_spawn(lua_State *L) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
+  a.mask = old;
   int inherit_env = a.envp == NULL;
   if (inherit_env) { tether_env_lock(); a.envp = environ; }
 
@@ -378,10 +455,10 @@ static int proc_spawn(lua_State *L) {
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
   tether_children_lock();
   int pidfd = -1;
-  pid_t pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, &a, &pidfd);
+  pid_t pid = tether_clone_child(&a, top, &pidfd);
   if (pid < 0 && errno == EINVAL) { /* kernel without CLONE_PIDFD (< 5.2) */
     pidfd = -1;
-    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK, &a);
+    pid = clone(tether_child_main, top, CLONE_VM | CLONE_VFORK, &a);
     if (pid > 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* may fail: polling fallback */
   }
   int clone_err = errno;
@@ -453,12 +530,65 @@ static void drop_pidfd(tproc *p) {
   if (p->pidfd >= 0) { close(p->pidfd); p->pidfd = -1; }
 }
 
-/* proc:try_wait() -> state table once the process has exited (reaping it with wait4),
- * false while it runs, or nil, errno (ECHILD when it is not our child or was released). */
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+/* wait4(pid, WNOHANG) for p, through its pidfd where there is one (waitid P_PIDFD, with the
+ * raw syscall's rusage argument): should a host reap the child and its pid be reused by
+ * another child of ours, a wait by pid would take that one's status. */
+static pid_t reap(tproc *p, int *st) {
+  static atomic_int no_pidfd_wait;
+  if (p->pidfd >= 0 && !atomic_load_explicit(&no_pidfd_wait, memory_order_relaxed)) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (syscall(SYS_waitid, P_PIDFD, p->pidfd, &si, WEXITED | WNOHANG | __WALL, &p->ru) == 0) {
+      if (si.si_pid == 0) return 0;
+      if (si.si_code == CLD_EXITED) *st = (si.si_status & 0xff) << 8;
+      else if (si.si_code == CLD_DUMPED) *st = (si.si_status & 0x7f) | 0x80;
+      else *st = si.si_status & 0x7f; /* CLD_KILLED */
+      return p->pid;
+    }
+    if (errno != EINVAL) return -1;
+    atomic_store(&no_pidfd_wait, 1); /* Linux < 5.4: by pid */
+  }
+  return wait4(p->pid, st, WNOHANG | __WALL, &p->ru);
+}
+
+/* nil, EOWNERDEAD, message: the relay intermediate died before the command's status was in
+ * (its pdeathsig took the command down with it). */
+static int relay_lost(lua_State *L, tproc *p) {
+  lua_pushnil(L);
+  lua_pushinteger(L, EOWNERDEAD);
+  if (WIFSIGNALED(p->lost_status))
+    lua_pushfstring(L, "the relay process holding it was killed by SIG%s; the command was killed with it",
+                    sigabbrev_np(WTERMSIG(p->lost_status)) ? sigabbrev_np(WTERMSIG(p->lost_status)) : "?");
+  else
+    lua_pushliteral(L, "the relay process holding it died; the command was killed with it");
+  return 3;
+}
+
+/* proc:try_wait() -> state table once the process has exited (reaping it with wait4, or
+ * taking what relay mode's intermediate collected), false while it runs, or nil, errno
+ * (ECHILD when it is not our child or was released; EOWNERDEAD and a message when its
+ * relay intermediate died). */
 static int proc_try_wait(lua_State *L) {
   tproc *p = check_proc(L, 1);
   if (p->reaped) { push_state(L, p); return 1; }
+  if (p->lost) return relay_lost(L, p);
   if (p->released || p->pid < 0) return tether_fail(L, ECHILD);
+  if (p->relay) {
+    int st;
+    int rc = tether_relay_try_wait(p->relay, &st, &p->ru);
+    if (rc == 0) { lua_pushboolean(L, 0); return 1; }
+    tether_relay_release(p->relay); /* its intermediate is reaped: freed now */
+    p->relay = NULL;
+    if (rc < 0) { p->lost = 1; p->lost_status = st; return relay_lost(L, p); }
+    p->status = st;
+    p->reaped = 1;
+    push_state(L, p);
+    return 1;
+  }
   int st, e = 0;
   pid_t r;
   tether_children_lock();
@@ -468,12 +598,19 @@ static int proc_try_wait(lua_State *L) {
     st = rec->status;
     p->ru = rec->ru;
   } else {
-    do r = wait4(p->pid, &st, WNOHANG | __WALL, &p->ru); while (r < 0 && errno == EINTR);
+    do r = reap(p, &st); while (r < 0 && errno == EINTR);
     e = errno;
     if (rec && r != 0) tether_child_remove(rec); /* reaped, or ECHILD: no longer ours either way */
   }
   if (rec && r != 0) { free(rec); p->rec = NULL; }
   tether_children_unlock();
+  if (r < 0 && e == ECHILD && p->pidfd >= 0) {
+    /* A host reaped it (a thread looping waitpid(-1), SIGCHLD ignored): the kernel may
+     * keep its status on the pidfd (Linux 6.15+). The rusage is gone with it. */
+    int k = tether_pidfd_exit_status(p->pidfd, &st);
+    if (k == 0) { lua_pushboolean(L, 0); return 1; } /* being reaped: not in yet */
+    if (k > 0) { r = p->pid; memset(&p->ru, 0, sizeof p->ru); }
+  }
   if (r == 0) { lua_pushboolean(L, 0); return 1; }
   if (r < 0) return tether_fail(L, e);
   p->status = st;
@@ -488,7 +625,12 @@ static int proc_try_wait(lua_State *L) {
 static int proc_signal(lua_State *L) {
   tproc *p = check_proc(L, 1);
   int sig = (int)luaL_checkinteger(L, 2);
-  if (p->reaped || p->released || p->pid < 0) return tether_fail(L, ESRCH);
+  if (p->reaped || p->released || p->lost || p->pid < 0) return tether_fail(L, ESRCH);
+  if (p->relay) {
+    if (tether_relay_signal(p->relay, sig) < 0) return tether_fail(L, errno);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   tether_children_lock();
   int stashed = p->rec && p->rec->stashed; /* reaped by the reaper: the pid may be reused */
   tether_children_unlock();
@@ -503,12 +645,17 @@ static int proc_signal(lua_State *L) {
 
 /* proc:pid() -> pid; proc:pidfd() -> fd to poll for exit, or -1; proc:done() -> reaped? */
 static int proc_pid(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pid); return 1; }
-static int proc_pidfd(lua_State *L) { lua_pushinteger(L, check_proc(L, 1)->pidfd); return 1; }
+static int proc_pidfd(lua_State *L) {
+  tproc *p = check_proc(L, 1);
+  lua_pushinteger(L, p->relay ? tether_relay_pollfd(p->relay) : p->pidfd);
+  return 1;
+}
 
 /* proc:release(): gives up the process; if it still runs it is reaped in the background
  * at a later tether call. Also __gc. */
 static int proc_release(lua_State *L) {
   tproc *p = check_proc(L, 1);
+  if (p->relay) { tether_relay_release(p->relay); p->relay = NULL; }
   struct child_rec *rec = p->rec;
   if (rec) {
     tether_children_lock();

@@ -33,6 +33,12 @@ static atomic_int wake_fd = -1;
 static atomic_ulong n_reaped;   /* processes reaped that were not tether's */
 static atomic_ulong n_stashed;  /* tether's children reaped here, status kept */
 
+/* The pids of the last orphans reaped (not tether's children), oldest first, for an init's
+ * per-pid log line (tether-init -w): under the registry lock. Older ones are dropped. */
+#define RECENT_MAX 4096
+static pid_t recent[RECENT_MAX];
+static unsigned recent_first, recent_n;
+
 int tether_reaper_on(void) {
   return atomic_load_explicit(&reaper_on, memory_order_relaxed);
 }
@@ -54,7 +60,13 @@ int tether_reaper_step(void) {
     pid_t pid = wait4(-1, &st, WNOHANG, &ru);
     if (pid > 0) {
       if (tether_child_stash(pid, st, &ru)) atomic_fetch_add(&n_stashed, 1);
-      else { atomic_fetch_add(&n_reaped, 1); n++; }
+      else {
+        atomic_fetch_add(&n_reaped, 1);
+        n++;
+        recent[(recent_first + recent_n) % RECENT_MAX] = pid;
+        if (recent_n < RECENT_MAX) recent_n++;
+        else recent_first = (recent_first + 1) % RECENT_MAX;
+      }
       continue;
     }
     if (pid < 0 && errno == EINTR) continue;
@@ -93,6 +105,21 @@ static int reaper_stop(lua_State *L) {
  * reaper mode is off: without it tether never waits for pid -1). Never blocks. */
 static int reaper_reap(lua_State *L) {
   lua_pushinteger(L, tether_reaper_on() ? tether_reaper_step() : 0);
+  return 1;
+}
+
+/* reaper_taken() -> {pid, ...}: the orphans reaped since the last call (by reap() or by a
+ * tether wait), oldest first; at most the last RECENT_MAX. */
+static int reaper_taken(lua_State *L) {
+  pid_t *copy = lua_newuserdatauv(L, sizeof(pid_t) * RECENT_MAX, 0); /* no allocation under the lock */
+  tether_children_lock();
+  unsigned n = recent_n;
+  for (unsigned j = 0; j < n; j++) copy[j] = recent[(recent_first + j) % RECENT_MAX];
+  recent_first = (recent_first + n) % RECENT_MAX;
+  recent_n = 0;
+  tether_children_unlock();
+  lua_createtable(L, (int)n, 0);
+  for (unsigned j = 0; j < n; j++) { lua_pushinteger(L, copy[j]); lua_rawseti(L, -2, (int)j + 1); }
   return 1;
 }
 
@@ -152,7 +179,7 @@ static int get_tcpgrp(lua_State *L) {
 
 static const luaL_Reg reaper_funcs[] = {
   {"reaper_start", reaper_start}, {"reaper_stop", reaper_stop}, {"reap", reaper_reap},
-  {"reaper_fd", reaper_fd}, {"reaper_stats", reaper_stats}, {"subreaper", get_subreaper},
+  {"reaper_fd", reaper_fd}, {"reaper_taken", reaper_taken}, {"reaper_stats", reaper_stats}, {"subreaper", get_subreaper},
   {"set_subreaper", set_subreaper}, {"set_pdeathsig", set_pdeathsig}, {"tcgetpgrp", get_tcpgrp},
   {NULL, NULL},
 };

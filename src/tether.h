@@ -12,6 +12,7 @@ void tether_open_sys(lua_State *L);
 void tether_open_fd(lua_State *L);
 void tether_open_buffer(lua_State *L);
 void tether_open_process(lua_State *L);
+void tether_open_relay(lua_State *L);
 void tether_open_env(lua_State *L);
 void tether_open_signal(lua_State *L);
 void tether_open_systemd(lua_State *L);
@@ -22,6 +23,8 @@ void tether_open_sync(lua_State *L);
 void tether_open_pool(lua_State *L);
 void tether_open_cpus(lua_State *L);
 void tether_open_copy(lua_State *L);
+void tether_open_hostflag(lua_State *L); /* issue 12 */
+void tether_open_fdkind(lua_State *L);
 
 /* Pushes len bytes at map, the start of a private mapping of maplen bytes that the caller
  * gives up, as a Lua string; the mapping is unmapped as it is copied (bigstr.c). */
@@ -60,6 +63,16 @@ int tether_reaper_wake_fd(void);       /* the wake-up eventfd while reaper mode 
 /* poll(2), plus the reaper's wake-up fd while reaper mode is on: a SIGCHLD during the
  * wait reaps (and the call returns -1/EINTR when nothing else became ready) (sys.c). */
 int tether_poll(struct pollfd *pfd, unsigned long n, int ms);
+
+/* Keeps this library mapped for the rest of the process (pin.c): call before handing a
+ * signal handler or a thread code that may outlive the lua_State. Idempotent. */
+void tether_pin_library(void);
+
+/* The signals whose disposition was SIG_IGN before tether touched them (or is now, for those
+ * tether never touched), bit s-1 for signal s (glibc's own 32 and 33 included): what an
+ * init hands its child, as tini does (signal.c). */
+#include <stdint.h>
+uint64_t tether_signal_inherited(void);
 
 /* Integer fd from an argument: a number, a Lua file, or a tether fd userdata.
  * Raises naming the argument when it is none of these (fd.c). */

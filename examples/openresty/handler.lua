@@ -1,8 +1,9 @@
 --- examples/openresty/handler.lua: tether inside an nginx request handler.
 --
--- tether.waiters.ngx makes every tether wait yield to nginx (ngx.sleep with
--- backoff), so a request running a command does not block the worker's other
--- requests. See docs/openresty.md and nginx.conf next to this file.
+-- nginx.conf selects tether.waiters.ngx in init_by_lua_block: commands then run (or
+-- are waited for) in nginx's thread pool "tether" and the request yields meanwhile,
+-- so a request running a command does not block the worker's other requests. A
+-- request the client drops takes its commands with it. See docs/openresty.md.
 local tether = require "tether"
 local exec = require "tether.exec"
 
@@ -10,8 +11,6 @@ local M = {}
 
 -- GET /run: runs `sleep 1`, then `sh -c 'echo ...; exit 3'`, and reports both.
 function M.run()
-  tether.set_waiter(tether.waiters.ngx)
-
   local t0 = tether.now()
   local sleep = exec.command("sleep", "1")
   local ok, err = sleep:run()

@@ -206,6 +206,7 @@ end
 -- order: the exit status, then the context's error (or ErrWaitDelay), then I/O errors.
 local function finish(self)
   self._waited = true
+  if engine.on_finish then engine.on_finish(self) end -- tether.ngx: unties it from its request (issue 12)
   local tasks = self._run.tasks
   self._run.tasks = nil
   self:_close_pipes()
@@ -224,6 +225,6 @@ local function finish(self)
   return true
 end
 
-engine.drive, engine.finish = drive, finish
+engine.drive, engine.finish, engine.exit_error = drive, finish, exit_error
 
 return engine

@@ -11,6 +11,7 @@ local wait = require "tether.wait"
 local process = require "tether.process"
 local pipes = require "tether.pipe"
 local engine = require "tether.engine"
+require "tether.host" -- inside nginx, tells the core that "auto" spawns relay
 
 local type, tostring, pairs, ipairs, setmetatable, error, select =
   type, tostring, pairs, ipairs, setmetatable, error, select
@@ -75,7 +76,7 @@ end
 
 --- look_path(name) -> path | nil, err.
 -- A name with a slash is checked as is. Otherwise each $PATH entry is tried
--- (an empty entry means "."). Not found: err:is(errors.ErrNotFound). A match
+-- (an empty entry means "."; PATH unset searches /bin:/usr/bin, as execvp). Not found: err:is(errors.ErrNotFound). A match
 -- through a relative entry is refused with err:is(errors.ErrDot) and
 -- err.resolved holding the path (as Go 1.19+).
 function exec.look_path(name)
@@ -86,8 +87,9 @@ function exec.look_path(name)
     if ok then return name end
     return nil, errors.new { op = "exec", path = name, err = errors.from_errno(nil, nil, errno), step = "lookup" }
   end
-  local path = core.env_get("PATH") or ""
-  if name ~= "" and path ~= "" then -- an empty PATH searches nothing (as Go)
+  -- PATH unset (nginx workers): the C library's execvp default; an empty PATH searches nothing (as Go)
+  local path = core.env_get("PATH") or "/bin:/usr/bin"
+  if name ~= "" and path ~= "" then
     for dir in (path .. ":"):gmatch("([^:]*):") do
       if dir == "" then dir = "." end
       local candidate = dir .. "/" .. name
@@ -225,6 +227,15 @@ local function validate(self)
   elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
   if self.foreground ~= nil and type(self.foreground) ~= "boolean" then error("exec: cmd.foreground must be a boolean", 3) end
   if self.foreground and pgid == nil then pgid = 0 end -- implies its own group (as Go's Foreground)
+  -- issue 14 (tini parity): the child keeps inherited SIG_IGN dispositions and the mask
+  local inherit, sigign = self.inherit_signals, nil
+  if type(inherit) == "table" then -- the signals also ignored at start, beyond those tether saw
+    sigign = {}
+    for i, sig in ipairs(inherit) do sigign[i] = signum(sig, "exec: cmd.inherit_signals[" .. i .. "]") end
+    inherit = true
+  elseif inherit ~= nil and type(inherit) ~= "boolean" then
+    error("exec: cmd.inherit_signals must be a boolean or a list of signals", 3)
+  end
   local pdeathsig = self.pdeathsig and signum(self.pdeathsig, "exec: cmd.pdeathsig") or nil
   for _, f in ipairs { "uid", "gid" } do
     local v = self[f]
@@ -258,7 +269,7 @@ local function validate(self)
   if self.max_output ~= nil and (type(self.max_output) ~= "number" or self.max_output < 0) then
     error("exec: cmd.max_output must be a number of bytes", 3)
   end
-  return env, pgid, pdeathsig
+  return env, pgid, pdeathsig, inherit, sigign
 end
 
 -- A started command keeps its I/O tasks: each is {fd=, kind=, ...} serviced by wait().
@@ -319,7 +330,7 @@ end
 -- is left behind. State errors: "exec: already started".
 function Cmd:start()
   if self._started then return nil, state_error("exec: already started") end
-  local env, pgid, pdeathsig = validate(self)
+  local env, pgid, pdeathsig, inherit, sigign = validate(self)
   if self.cancel ~= nil and not self.ctx then
     return nil, state_error("exec: command with a non-nil Cancel was not created with CommandContext")
   end
@@ -358,6 +369,7 @@ function Cmd:start()
     path = self.path, argv = self.args, env = env, dir = self.dir, fds = fds,
     pgid = pgid, setsid = self.setsid and true or nil, pdeathsig = pdeathsig, foreground = self.foreground,
     uid = self.uid, gid = self.gid, groups = self.groups,
+    inherit_signals = inherit, sigign = sigign, -- issue 14: tini's child signal state
   }
   close_all(close_after)
   self._child_ends = nil
@@ -371,6 +383,7 @@ function Cmd:start()
   end
   self.process = new_process(p)
   engine.begin(self, tasks)
+  if exec._on_start then exec._on_start(self) end -- tether.ngx: ties it to its request (issue 12)
   return true
 end
 
@@ -401,8 +414,29 @@ function Cmd:wait(limit)
   return finish(self)
 end
 
+-- tether.ngx (issue 12) may run a whole run/output/combined_output in nginx's thread pool:
+-- exec._offload(cmd, how) returns its result table, or nil (then it runs here). This turns
+-- that table back into what the call returns, as if it had run here.
+local function offloaded(self, res)
+  self._started, self._waited = true, true
+  self.process_state = process._new_state(res.state)
+  self.truncated = res.truncated
+  if res.ok then return res.out or true end
+  local err = engine.exit_error(self.process_state)
+  err.stderr = res.stderr
+  return nil, err, res.out
+end
+
+local function run_or_offload(self, how, fn, arg)
+  local res = exec._offload and exec._offload(self, how)
+  if res then return offloaded(self, res) end
+  return fn(self, arg)
+end
+
 --- cmd:run() -> true | nil, err: start then wait.
 function Cmd:run()
+  local res = exec._offload and exec._offload(self, "run")
+  if res then return offloaded(self, res) end
   local ok, err = self:start()
   if not ok then return nil, err end
   return self:wait()
@@ -437,10 +471,10 @@ end
 -- cmd.stderr is nil, a failing command's ExitError carries err.stderr (the last
 -- first and last 16 KiB kept). cmd.max_output bounds what is kept (head and tail halves) and
 -- sets cmd.truncated.
-function Cmd:output() return capture(self, false) end
+function Cmd:output() return run_or_offload(self, "output", capture, false) end
 
 --- cmd:combined_output() -> stdout and stderr interleaved, as one string | nil, err [, output].
-function Cmd:combined_output() return capture(self, true) end
+function Cmd:combined_output() return run_or_offload(self, "combined_output", capture, true) end
 
 local function make_pipe(self, which)
   local go_name = which:gsub("^%l", string.upper) -- Go's names in the messages
@@ -522,6 +556,9 @@ function exec.pipeline(cmds)
 end
 
 exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer
+
+-- Inside nginx's Lua module, a request's commands are tied to it (tether.ngx, issue 12).
+if rawget(_G, "ngx") and type(ngx.get_phase) == "function" then require("tether.ngx").install(exec) end
 
 return exec
 

@@ -173,17 +173,45 @@ function tether.set_waiter(fn, on_close)
   end
   wait.waiter = fn
   wait.on_close = fn and on_close or nil
-  -- nginx workers reap every child in their SIGCHLD handler: guard tether's.
-  core.guard_children(fn ~= nil and fn == tether.waiters.ngx)
+  wait.waiter_many = fn ~= nil and fn == tether.waiters.ngx and require("tether.ngx").wait_many or nil
+  -- nginx workers reap every child in their SIGCHLD handler: guard tether's, in this
+  -- thread, from its next spawn on (so init_by_lua, in the master, arms it for the workers).
+  core.guard_children(fn ~= nil and fn == tether.waiters.ngx, true)
 end
+
+--- set_spawn_mode(mode) -> previous mode. mode "auto" (the default),
+-- "direct" or "relay" (raises on anything else). In relay mode each command
+-- runs under a small intermediate that tether owns and that a host's
+-- waitpid(-1) cannot see; it collects the command's status and rusage.
+-- "auto" relays when SIGCHLD is ignored or has SA_NOCLDWAIT at spawn time,
+-- and inside nginx (tether.in_nginx()). Process-wide.
+function tether.set_spawn_mode(mode)
+  if type(mode) ~= "string" then
+    error("bad argument #1 to 'set_spawn_mode' (\"auto\", \"direct\" or \"relay\" expected, got " .. type(mode) .. ")", 2)
+  end
+  if mode ~= "auto" and mode ~= "direct" and mode ~= "relay" then
+    error("bad argument #1 to 'set_spawn_mode' (\"auto\", \"direct\" or \"relay\" expected, got \"" .. mode .. "\")", 2)
+  end
+  return core.set_spawn_mode(mode)
+end
+
+--- spawn_mode() -> "auto" | "direct" | "relay": the mode set_spawn_mode set.
+function tether.spawn_mode() return core.spawn_mode() end
+
+--- in_nginx() -> true when tether runs inside nginx (lua-nginx-module or
+-- OpenResty): there "auto" spawns through the relay.
+function tether.in_nginx() return require("tether.host").in_nginx() end
 
 --- guard_children(on) -> previous setting. With the guard on, SIGCHLD stays
 -- blocked in this thread (the host's event-loop thread) until the guard is
 -- turned off, so a host whose SIGCHLD handler reaps with waitpid(-1) (nginx
 -- workers, some C hosts) cannot take the exit status of tether's children,
 -- whichever thread started them; tether reaps them through their pidfds. The
--- host's own SIGCHLD handler does not run meanwhile. Turned on by
--- set_waiter(waiters.ngx). Off by default: only named signals are touched.
+-- host's own SIGCHLD handler does not run meanwhile. The setting is per
+-- thread; off unblocks SIGCHLD only where the guard blocked it (never in a
+-- thread that had it blocked already, such as nginx's pool threads).
+-- set_waiter(waiters.ngx) turns it on from the thread's next spawn on.
+-- Off by default: only named signals are touched.
 function tether.guard_children(on)
   return core.guard_children(on and true or false)
 end
@@ -267,27 +295,28 @@ function tether.waiters.cqueues(fd, events, timeout)
 end
 
 --- waiters.ngx(fd, events, timeout): waits inside nginx (lua-nginx-module /
--- OpenResty) without blocking the worker: checks fd without blocking, and
--- while it is not ready yields with ngx.sleep, backing off from 1 ms to 50 ms,
--- until it is ready or timeout (seconds; nil = no limit) runs out. fd -1 just
--- sleeps for timeout. Use it where ngx.sleep may yield (content, access,
--- rewrite, ngx.timer phases); inside ngx.run_worker_thread keep the default.
+-- OpenResty) without blocking the worker. The wait runs in a thread of nginx's
+-- thread pool "tether" (`thread_pool tether threads=N;`, see
+-- tether.ngx_thread_pool) through ngx.run_worker_thread, so the request
+-- resumes on the event itself; without that pool it checks fd between
+-- ngx.sleep calls with a backoff from 1 ms to 50 ms. fd -1 just sleeps for
+-- timeout. Use it where ngx.sleep may yield (content, access, rewrite,
+-- ngx.timer phases); inside ngx.run_worker_thread keep the default.
 function tether.waiters.ngx(fd, events, timeout)
-  local sleep = ngx.sleep
-  if fd < 0 then
-    sleep(timeout or 0.05)
-    return
+  return require("tether.ngx").wait(fd, events, timeout)
+end
+
+--- ngx_thread_pool([name]) -> previous name: the nginx thread pool that
+-- waiters.ngx waits in (default "tether"); false makes it poll with a
+-- backoff instead. Without an argument, only returns the current name.
+function tether.ngx_thread_pool(name)
+  if name ~= nil and name ~= false and type(name) ~= "string" then
+    error("bad argument #1 to 'ngx_thread_pool' (string or false expected)", 2)
   end
-  local deadline = timeout and core.now() + timeout
-  local backoff = 0.001
-  while true do
-    local ok = core.poll(fd, events, core.now())
-    if ok ~= false then return end -- ready, or a poll error the caller will see
-    local left = deadline and deadline - core.now()
-    if left and left <= 0 then return end
-    sleep(left and math.min(backoff, left) or backoff)
-    backoff = math.min(backoff * 2, 0.05)
-  end
+  local m = require "tether.ngx"
+  local prev = m.thread_pool
+  if name ~= nil then m.thread_pool = name end
+  return prev
 end
 
 local submodules = { exec = true, errors = true, env = true, signal = true, context = true,

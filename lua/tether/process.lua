@@ -103,10 +103,12 @@ end
 --- process:try_wait() -> ProcessState once exited | false while running | nil, err.
 function Process:try_wait()
   if self._state then return self._state end
-  local st, errno = self._p:try_wait()
+  local st, errno, why = self._p:try_wait()
   if st then self._state = new_state(st); return self._state end
   if st == false then return false end
-  return nil, errors.from_errno("wait", tostring(self.pid), errno)
+  local err = errors.from_errno("wait", tostring(self.pid), errno)
+  if why then err.msg = "wait " .. tostring(self.pid) .. ": " .. why end -- relay mode: the intermediate died
+  return nil, err
 end
 
 --- process:wait([timeout | ctx]) -> ProcessState | nil, err. Waits for the process

@@ -14,7 +14,7 @@
 local core = require "tether.core"
 local errors = require "tether.errors"
 
-local type, error, pcall = type, error, pcall
+local type, error = type, error
 
 local M = {}
 
@@ -60,11 +60,11 @@ function M.enable(opts)
   -- who watches the signal (a user's channel on SIGCHLD shares the handler).
   local signal = require "tether.signal"
   local ch = signal.channel(1)
-  local nok, nerr = pcall(signal.notify, ch, "CHLD")
+  local nok, nerr = signal.notify(ch, "CHLD")
   if not nok then
     core.reaper_stop()
     if state.set_subreaper then core.set_subreaper(false); state.set_subreaper = false end
-    return nil, errors.new { msg = "reaper.enable: " .. tostring(nerr) }
+    return nil, errors.wrap(nerr, "reaper.enable")
   end
   state.ch, state.on = ch, true
   core.reap() -- whatever exited before the handler was in place
@@ -99,6 +99,13 @@ function M.reap()
   if not state.on then return 0 end
   if state.ch then state.ch:try_recv() end -- drains the signal pipe (a SIGCHLD is no news)
   return core.reap()
+end
+
+--- reaped() -> {pid, ...}: the processes that were not tether's children
+-- (orphans) reaped since the last call, by reap() or by any tether wait,
+-- oldest first (at most the last 4096). An init logs them (tether-init -w).
+function M.reaped()
+  return core.reaper_taken()
 end
 
 --- stats() -> {enabled=, subreaper=, reaped=, stashed=}: whether reaper mode is

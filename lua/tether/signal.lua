@@ -1,7 +1,9 @@
 --- tether.signal: Go's os/signal for Lua.
 --
 -- A C handler counts each caught signal and wakes a self-pipe; nothing else
--- runs in the handler. Pending signals are delivered to channels whenever
+-- runs in the handler. Counts, pipe and watches belong to this lua_State: each
+-- state watching a signal receives it, and closing the state puts back every
+-- disposition it changed (src/signal.c). Pending signals are delivered to channels whenever
 -- tether looks (recv, try_recv, a context check, a wait). A full channel drops
 -- the signal, as in Go. Only signals named here are ever touched; when no
 -- channel watches a signal any more, the disposition found before tether
@@ -123,7 +125,9 @@ function Channel:recv(limit)
     local v = pop(self)
     if v then return v end
     if ctx and ctx:done() then return nil, ctx:err() end
-    if wait.wait_many(wait.add_ctx({ core.signal_fd(), "r" }, ctx), deadline) == false then
+    local fd, errno = core.signal_fd()
+    if not fd then return nil, errors.from_errno("recv", nil, errno) end
+    if wait.wait_many(wait.add_ctx({ fd, "r" }, ctx), deadline) == false then
       pump()
       v = pop(self)
       if v then return v end
@@ -142,23 +146,44 @@ function Channel:timeout() if self.first <= self.last then return 0 end return n
 ---------------------------------------------------------------------------
 -- notify, stop, ignore, reset
 
---- notify(ch, sig...) -> ch: relays the named signals ("INT", "SIGINT" or
--- numbers) to ch; with no names, every catchable signal. Raises on unknown
--- names and on SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGKILL, SIGSTOP.
+-- An OS failure of sigaction for signal n as an error object (err.signal names it).
+local function sigerror(n, errno)
+  local err = errors.from_errno("sigaction " .. name_of(n), nil, errno)
+  err.signal = name_of(n)
+  return err
+end
+
+--- notify(ch, sig...) -> ch | nil, err: relays the named signals ("INT",
+-- "SIGINT" or numbers) to ch; with no names, every catchable signal. Raises on
+-- unknown names and on SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGKILL, SIGSTOP. A
+-- signal the system refuses (EINVAL: a real-time signal valgrind or qemu keep)
+-- fails for itself alone: the others named are registered, and notify returns
+-- nil, err naming it (err.signal; err.skipped lists every one refused). With no
+-- names, the refused ones are skipped: notify returns ch, err.
 function M.notify(ch, ...)
   if getmetatable(ch) ~= Channel then error("bad argument #1 to 'notify' (signal channel expected)", 2) end
+  local all = select("#", ...) == 0
   local list = numbers(2, "notify", ...)
+  local first, skipped
   for _, n in ipairs(list) do
     local ws = watchers[n]
     if not ws then
       local ok, errno = core.signal_watch(n)
-      if not ok then error("notify: sigaction " .. name_of(n) .. ": " .. core.strerror(errno), 2) end
-      ws = {}
-      watchers[n] = ws
-      nwatched = nwatched + 1
+      if ok then
+        ws = {}
+        watchers[n] = ws
+        nwatched = nwatched + 1
+      else
+        first = first or sigerror(n, errno)
+        skipped = skipped or {}
+        skipped[#skipped + 1] = name_of(n)
+      end
     end
-    ws[ch] = true
+    if ws then ws[ch] = true end
   end
+  if first then first.skipped = skipped end
+  if all then return ch, first end
+  if first then return nil, first end
   return ch
 end
 
@@ -169,29 +194,39 @@ local function unwatch(n)
   end
 end
 
---- stop(ch): ch receives no more signals. A signal no channel watches any more
--- gets back the disposition it had before tether touched it.
+--- stop(ch) -> true | nil, err: ch receives no more signals. A signal no
+-- channel watches any more gets back the disposition it had before tether
+-- touched it (err: sigaction refused that).
 function M.stop(ch)
   if getmetatable(ch) ~= Channel then error("bad argument #1 to 'stop' (signal channel expected)", 2) end
   pump() -- what was caught before stop still reaches ch
+  local first
   for n, ws in pairs(watchers) do
     if ws[ch] then
       ws[ch] = nil
       if next(ws) == nil then
         unwatch(n)
-        core.signal_unwatch(n)
+        local ok, errno = core.signal_unwatch(n)
+        if not ok then first = first or sigerror(n, errno) end
       end
     end
   end
+  if first then return nil, first end
+  return true
 end
 
---- ignore(sig...): the named signals (none = all catchable) are ignored
--- (SIG_IGN) and no longer delivered to channels.
+--- ignore(sig...) -> true | nil, err: the named signals (none = all catchable)
+-- are ignored (SIG_IGN) and no longer delivered to channels. One the system
+-- refuses is reported (err.signal) and the others are still ignored.
 function M.ignore(...)
+  local first
   for _, n in ipairs(numbers(1, "ignore", ...)) do
     unwatch(n)
-    core.signal_ignore(n)
+    local ok, errno = core.signal_ignore(n)
+    if not ok and not first then first = sigerror(n, errno) end
   end
+  if first and select("#", ...) > 0 then return nil, first end
+  return true
 end
 
 --- ignored(sig) -> true when sig is currently ignored (SIG_IGN).
@@ -199,16 +234,21 @@ function M.ignored(sig)
   return core.signal_ignored(number(sig, 1, "ignored"))
 end
 
---- reset(sig...): undoes notify and ignore for the named signals (none = all):
--- each gets back the disposition found before tether touched it.
+--- reset(sig...) -> true | nil, err: undoes notify and ignore for the named
+-- signals (none = all): each gets back the disposition found before tether
+-- touched it.
 function M.reset(...)
+  local first
   for _, n in ipairs(numbers(1, "reset", ...)) do
     unwatch(n)
-    core.signal_reset(n)
+    local ok, errno = core.signal_reset(n)
+    if not ok and not first then first = sigerror(n, errno) end
   end
+  if first then return nil, first end
+  return true
 end
 
---- notify_context(parent, sig...) -> ctx, stop. ctx is cancelled when one of
+--- notify_context(parent, sig...) -> ctx, stop | nil, err. ctx is cancelled when one of
 -- the signals arrives (context.cause(ctx) names it: "received signal SIGINT").
 -- stop() unregisters the signals (a second SIGINT then gets the default action)
 -- and cancels ctx.
@@ -221,7 +261,12 @@ function M.notify_context(parent, ...)
     cause.signal = name
     cancel(cause)
   end
-  M.notify(ch, ...)
+  local ok, err = M.notify(ch, ...)
+  if not ok then
+    M.stop(ch)
+    cancel()
+    return nil, err
+  end
   local stopped = false
   local function stop()
     if not stopped then
@@ -243,7 +288,8 @@ do
       local list = prev and prev() or {}
       -- pump first: a pipe left readable by signals already counted would wake the wait
       -- at once, again and again (a wait_any with no channel or context in its list)
-      if nwatched > 0 then pump(); list[#list + 1] = core.signal_fd(); list[#list + 1] = "r" end
+      local fd = nwatched > 0 and core.signal_fd()
+      if fd then pump(); list[#list + 1] = fd; list[#list + 1] = "r" end
       return list
     end
   end

@@ -13,6 +13,9 @@ local M = {}
 M.waiter = nil
 --- Called with an fd the waiter was given, just before tether closes it (cqueues.cancel).
 M.on_close = nil
+--- Set with waiters.ngx: waiter_many(list, deadline) waits on the whole list {fd, ev, ...}
+-- itself (no private epoll fd a dropped request could leave behind).
+M.waiter_many = nil
 
 -- Waits through the custom waiter on a private epoll fd watching every pair in list:
 -- the waiter never sees an fd whose life tether does not control.
@@ -30,6 +33,10 @@ end
 --- wait(fd, events, deadline) -> true when fd is (or may be) ready, false at the deadline.
 -- fd is an integer; events "r", "w" or "rw".
 function M.wait(fd, events, deadline)
+  if M.waiter_many then -- a waiter that takes the whole list (waiters.ngx): no epoll fd
+    M.waiter_many({ fd, events }, deadline)
+    return not deadline or core.now() < deadline or core.poll(fd, events, 0) == true
+  end
   if M.waiter then
     custom_wait({ fd, events }, deadline)
     return not deadline or core.now() < deadline or core.poll(fd, events, 0) == true
@@ -50,7 +57,7 @@ function M.wait_many(list, deadline)
     if i == nil then error("tether: poll failed: " .. core.strerror(err)) end
     return i
   end
-  custom_wait(list, deadline)
+  if M.waiter_many then M.waiter_many(list, deadline) else custom_wait(list, deadline) end
   local i = core.poll_many(list, 0)
   if i then return i end
   if deadline and core.now() >= deadline then return false end

@@ -1,0 +1,362 @@
+--- tether.ngx (internal): tether at home in nginx's Lua module (lua-nginx-module, OpenResty).
+--
+-- Owns three things (issue 12):
+-- * Whole commands in the pool. Under waiters.ngx, cmd:run(), output() and combined_output()
+--   of a command made of plain values run start to end in a pool thread's Lua VM
+--   (run_plain); the request yields once and gets the result back as scalars. A pipe
+--   whose write end the request holds lets the pool thread kill the command if the
+--   request is dropped.
+-- * Waiting on the event. waiters.ngx hands every wait to a thread of nginx's thread pool
+--   (ngx.run_worker_thread): the pool thread blocks in poll(2) on the fds, and nginx resumes
+--   the request when the thread is done, so the request wakes on the event itself, not on
+--   a timer. Without a thread pool (or in a phase that cannot use it) it falls back to
+--   checking the fds between ngx.sleep calls with a 1-50 ms backoff.
+-- * Dropped requests. Each command started in a request is registered with that request;
+--   nginx calls a C callback of tether's (tether.core.hostflag) when it frees the request,
+--   whatever the reason (done, client abort, ngx.exit, an error). A per-worker timer (the
+--   sweeper) then cancels the commands the request left running, as their cancel says,
+--   reaps them and closes their pipes. No GC is involved.
+local core = require "tether.core"
+
+local M = {}
+
+--- The thread pool (nginx's `thread_pool NAME ...;`) waits go through; false: never.
+M.thread_pool = "tether"
+
+-- How long one wait in a pool thread may block (seconds): a wait left by a dropped request
+-- frees its pool thread at least this often.
+local SLICE = 1.0
+-- How long a pool thread waits for a command's exit once its output is ready (seconds).
+local LINGER = 0.002
+-- How often the sweeper looks for dropped requests while commands run (seconds).
+local SWEEP = 0.05
+
+local missing = {} -- pool name -> true: run_worker_thread said this worker has no such pool
+local yield_phases = { rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true }
+local request_phases = { rewrite = true, access = true, content = true }
+
+--- poll_many(list, deadline) -> index | false: runs in a pool thread's Lua VM
+-- (ngx.run_worker_thread); waits for the first ready pair of list, at most SLICE.
+-- A command's output usually comes just before its exit: when another pair is ready
+-- first and pair 1 is a pidfd (a command's wait puts them first), this thread waits up
+-- to LINGER for the exit too, so that one round trip to the event loop sees both.
+function M.poll_many(list, deadline)
+  local d = core.now() + SLICE
+  if deadline and deadline < d then d = deadline end
+  local i = core.poll_many(list, d)
+  if i and i > 1 and core.is_pidfd(list[1]) then
+    local l = core.now() + LINGER
+    if deadline and deadline < l then l = deadline end
+    if core.poll(list[1], "r", l) == true then return 1 end
+  end
+  return i
+end
+
+-- no_pool(err) -> whether run_worker_thread failed because nginx has no such thread pool
+-- (lua-nginx-module says "thread pool NAME not found").
+local function no_pool(err)
+  return type(err) == "string" and err:find("thread pool", 1, true) ~= nil and err:find("not found", 1, true) ~= nil
+end
+
+-- The backoff fallback: checks the fds, sleeps 1 ms, 2 ms ... 50 ms between checks.
+local function backoff_wait(list, deadline)
+  local sleep, backoff = ngx.sleep, 0.001
+  while true do
+    local i = core.poll_many(list, core.now())
+    if i ~= false then return end -- ready, or a poll error the caller will see
+    local left = deadline and deadline - core.now()
+    if left and left <= 0 then return end
+    sleep(left and math.min(backoff, left) or backoff)
+    backoff = math.min(backoff * 2, 0.05)
+  end
+end
+
+--- wait_many(list, deadline): waits for one pair of list {fd1, ev1, ...} to be ready or the
+-- (absolute, tether.now) deadline, yielding the request meanwhile. May return early.
+function M.wait_many(list, deadline)
+  local pool = M.thread_pool
+  if pool and not missing[pool] and yield_phases[ngx.get_phase()] then
+    local ok, res = ngx.run_worker_thread(pool, "tether.ngx", "poll_many", list, deadline)
+    if ok then return end
+    -- Not run (no such pool, no Lua VM free, the queue full...): this wait polls instead.
+    if no_pool(res) then missing[pool] = true end
+    ngx.log(ngx.NOTICE, "tether: ngx.run_worker_thread(\"", pool, "\") failed (", tostring(res),
+      "): waits poll with a backoff")
+  end
+  backoff_wait(list, deadline)
+end
+
+--- wait(fd, events, timeout): the waiter interface (tether.waiters.ngx).
+function M.wait(fd, events, timeout)
+  if fd < 0 then
+    ngx.sleep(timeout or 0.05)
+    return
+  end
+  M.wait_many({ fd, events }, timeout and core.now() + timeout)
+end
+
+---------------------------------------------------------------------------
+-- Whole commands in the thread pool
+
+-- The Cmd fields a command may have to run in a pool thread: plain values that copy
+-- across Lua VMs and mean the same there. Anything else (sinks, pipes, contexts, extra
+-- files, cancel, wait_delay, hooks) keeps the command in the request.
+local PLAIN = { path = "string", args = "table", env = "table", dir = "string", stdin = "string",
+  setpgid = "boolean", setsid = "boolean", pdeathsig = "string", uid = "number", gid = "number",
+  groups = "table", max_output = "number" }
+local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
+local offload_phases = { rewrite = true, access = true, content = true, timer = true }
+
+local function plain_list(t)
+  for k, v in pairs(t) do
+    if type(k) ~= "number" and type(k) ~= "string" then return false end
+    if type(v) ~= "string" and type(v) ~= "number" then return false end
+  end
+  return true
+end
+
+local track_fd -- defined below: ties an fd to the request (closed when it is dropped)
+
+-- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
+local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
+                             utime, stime, maxrss)
+  return { ok = ok_, out = out, stderr = stderr, truncated = truncated, state = {
+    pid = pid, status = status, exited = exited, code = code, signal = signal,
+    core_dumped = core_dumped, utime = utime, stime = stime, maxrss = maxrss } }
+end
+
+--- offload(cmd, how) -> result table | nil: runs cmd:run(), output() or combined_output()
+-- (how) in a thread of the pool, when cmd is made of plain values only; nil otherwise.
+function M.offload(cmd, how)
+  local pool = M.thread_pool
+  if not pool or missing[pool] or not M.offload_commands or cmd._started or cmd.err then return nil end
+  if not require("tether.wait").waiter_many or not offload_phases[ngx.get_phase()] then return nil end
+  local spec = {}
+  for k, v in pairs(cmd) do
+    local want = PLAIN[k]
+    if k == "pdeathsig" and type(v) == "number" then want = "number" end
+    if type(v) ~= want then return nil end
+    if want == "table" and not plain_list(v) then return nil end
+    spec[k] = v
+  end
+  -- The abort pipe: when the request is dropped, its write end is closed and the pool
+  -- thread cancels the command (SIGKILL) and reaps it.
+  local r, w = core.pipe()
+  if not r then return nil end
+  -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
+  -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
+  if core.spawn_mode() == "direct" then core.guard_children(true) end
+  -- The read end belongs to the task from here on: it closes it when done, even if this
+  -- request is long gone by then (a task nginx has queued always runs).
+  local rfd = r:release()
+  local tracked = track_fd(w)
+  local ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime, maxrss =
+    ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
+  if tracked then tracked.fds[w] = nil end
+  w:close()
+  if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
+    core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
+  end
+  if not ok then
+    if type(res) == "string" and res:find(TASK_ERR, 1, true) then
+      error("tether: " .. res, 0) -- the command's run raised in the pool thread
+    end
+    if no_pool(res) then missing[pool] = true end
+    return nil -- not run in the pool: it runs in the request
+  end
+  if pid == nil then return nil end -- it did not start: run here, for the exact error
+  return unpack_result(res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
+    utime, stime, maxrss)
+end
+
+--- run_plain(spec, how, abort_fd) -> result | false: the pool-thread side of offload.
+function M.run_plain(spec, how, abort_fd)
+  local okr, tether = pcall(require, "tether")
+  if not okr then core.close_int(abort_fd); error(TASK_ERR .. tostring(tether), 0) end
+  local exec = require "tether.exec"
+  local cmd = exec.command("tether")
+  for k, v in pairs(spec) do cmd[k] = v end
+  cmd.err = nil
+  -- While the command runs, the request's abort pipe is watched too: once the request is
+  -- dropped, the command is killed (its group with setpgid), as a cancelled context does.
+  local list, killed = { -1, "r", abort_fd, "r" }, false
+  tether.set_waiter(function(fd, events, timeout)
+    list[1], list[2] = fd, events
+    local i = core.poll_many(list, timeout and core.now() + timeout)
+    if i == 2 and not killed and cmd.process then
+      killed = true
+      if cmd.setpgid == true then cmd.process:signal_group("SIGKILL") end
+      cmd.process:kill()
+    end
+    if killed then list[3] = -1 end -- seen: poll the command's fds alone from now on
+  end)
+  local ok, a, b, c = pcall(cmd[how], cmd)
+  tether.set_waiter(nil)
+  core.close_int(abort_fd)
+  if not ok then error(TASK_ERR .. tostring(a), 0) end
+  local state = cmd.process_state
+  if not state then return false end -- start failed (no pid: see offload)
+  -- Scalars only (cheaper for nginx to copy back than tables): see unpack_result.
+  local st, ok_, out = state._s, false, nil
+  if how == "run" then ok_ = a == true
+  elseif a then ok_, out = true, a
+  else out = c end
+  return ok_, out, not ok_ and b and b.stderr or nil, cmd.truncated,
+    st.pid, st.status, st.exited, st.code, st.signal, st.core_dumped, st.utime, st.stime, st.maxrss
+end
+
+--- Whether run/output/combined_output of plain commands go to the thread pool.
+M.offload_commands = true
+
+---------------------------------------------------------------------------
+-- Requests' commands
+
+local ffi, get_request, C
+local scopes = {}      -- request address -> { flag = hostflag, cmds = { [cmd] = true } }
+local sweeping = false -- the sweeper timer is scheduled
+
+-- setup() -> whether commands can be tied to their requests here (LuaJIT's FFI,
+-- lua-resty-core's get_request and nginx's ngx_http_cleanup_add). Once.
+local ready
+local function setup()
+  if ready ~= nil then return ready end
+  ready = false
+  local ok
+  ok, ffi = pcall(require, "ffi")
+  if not ok then return false end
+  local okb, base = pcall(require, "resty.core.base")
+  if not okb or type(base.get_request) ~= "function" then return false end
+  get_request = base.get_request
+  ok = pcall(ffi.cdef, [[
+    typedef struct tether_ngx_cleanup_s {
+      void *handler; void *data; struct tether_ngx_cleanup_s *next;
+    } tether_ngx_cleanup_t;
+    void *ngx_http_cleanup_add(void *r, size_t size);
+  ]])
+  if not ok then return false end
+  C = ffi.C
+  ok = pcall(function() return C.ngx_http_cleanup_add end)
+  ready = ok
+  return ready
+end
+
+-- Cancels a command its request left: its cancel (default SIGKILL, to the group with
+-- setpgid), then waits; wait_delay bounds the wait before SIGKILL, as with a context.
+local function drop(cmd)
+  if cmd._waited or not cmd.process then return end
+  local run = cmd._run or {}
+  if not run.canceled and not run.state then
+    run.canceled = true -- (engine.lua's run record: its context cancel is not run again)
+    local cancel = cmd.cancel or function(c)
+      if c.setpgid == true then return c.process:signal_group("SIGKILL") end
+      return c.process:kill()
+    end
+    pcall(cancel, cmd)
+  end
+  local ok, err = cmd:wait(cmd.wait_delay)
+  if not ok and err and err.is and err:is(require("tether.errors").ErrTimeout) then
+    if cmd.setpgid == true then cmd.process:signal_group("SIGKILL") end
+    cmd.process:kill()
+    cmd:wait()
+  end
+end
+
+local schedule
+
+-- The sweeper: finds the requests nginx has freed and drops what they left.
+local function sweep(premature)
+  sweeping = false
+  local left = {}
+  for key, s in pairs(scopes) do
+    if s.flag:is_set() then
+      scopes[key] = nil
+      for cmd in pairs(s.cmds) do left[#left + 1] = cmd end
+      -- Abort pipes: closing the write end wakes the pool thread, which kills the command.
+      for fd in pairs(s.fds) do fd:close() end
+      s.fds = {}
+    end
+  end
+  if premature then -- the worker is exiting: no waiting, kill what is left
+    for _, s in pairs(scopes) do for cmd in pairs(s.cmds) do left[#left + 1] = cmd end end
+    for _, cmd in ipairs(left) do
+      if cmd.process and not cmd._waited then pcall(cmd.process.kill, cmd.process) end
+    end
+    return
+  end
+  if next(scopes) then schedule() end
+  local threads = {}
+  for _, cmd in ipairs(left) do
+    cmd._ngx_scope = nil
+    threads[#threads + 1] = ngx.thread.spawn(drop, cmd)
+  end
+  for _, t in ipairs(threads) do ngx.thread.wait(t) end
+end
+
+schedule = function()
+  if sweeping then return end
+  local ok = ngx.timer.at(SWEEP, sweep)
+  sweeping = ok and true or false
+end
+
+-- scope() -> the current request's record (made on first use), or nil outside a request.
+local function scope()
+  if not request_phases[ngx.get_phase()] or not setup() then return nil end
+  local r = get_request()
+  if not r then return end
+  local key = tonumber(ffi.cast("uintptr_t", r))
+  local s = scopes[key]
+  if s and s.flag:is_set() then -- a freed request's address, reused: that one is gone
+    scopes[key] = nil
+    if next(s.cmds) or next(s.fds) then
+      scopes[{}] = s -- kept for the sweeper under a key of its own
+    end
+    s = nil
+  end
+  if not s then
+    local flag = core.hostflag()
+    local cln = C.ngx_http_cleanup_add(r, 0)
+    if cln == nil then return end
+    cln = ffi.cast("tether_ngx_cleanup_t *", cln)
+    local fn, data = flag:arm()
+    cln.handler, cln.data = fn, data
+    s = { flag = flag, cmds = {}, fds = {} }
+    scopes[key] = s
+  end
+  schedule()
+  return s
+end
+
+--- track(cmd): called by Cmd:start. In a request phase, ties cmd to the request.
+function M.track(cmd)
+  local s = scope()
+  if not s then return end
+  s.cmds[cmd] = true
+  cmd._ngx_scope = s
+end
+
+-- track_fd(w) -> the request's record: if the request is dropped, the abort pipe's write
+-- end w is closed.
+track_fd = function(w)
+  local s = scope()
+  if s then s.fds[w] = true end
+  return s
+end
+
+--- untrack(cmd): called when cmd's wait is done.
+function M.untrack(cmd)
+  local s = cmd._ngx_scope
+  if s then
+    s.cmds[cmd] = nil
+    cmd._ngx_scope = nil
+  end
+end
+
+--- install(exec): hooks track, untrack and offload into tether.exec and tether.engine
+-- (inside nginx only).
+function M.install(exec)
+  exec._on_start, exec._offload = M.track, M.offload
+  require("tether.engine").on_finish = M.untrack
+end
+
+return M
