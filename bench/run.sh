@@ -177,20 +177,22 @@ case3() {
   local a="268435456 3" tm=""
   [ $HAVE_TIME = 1 ] && tm="/usr/bin/time -f maxrss_kb=%M "
   add "**tether** exec.command(\"head\", ...):output()" "$tm$TL/tether_capture.lua $a"
-  peer c_capture && add "C pipe+posix_spawn+read loop" "$tm./c_capture $a" ">=1.05"
+  peer c_capture && add "C pipe+posix_spawn+read loop" "$tm./c_capture $a" ">=1.0"
   peer c_capture && add "(ceiling) C read into a fixed 64 KiB buffer, discard" "$tm./c_capture $a discard"
   peer go_capture && add "Go exec.Command.Output" "$tm./go_capture $a"
   [ $HAVE_PY = 1 ] && add "Python check_output" "$tm$PY $PEERS/py_capture.py $a stdout"
   [ $HAVE_LUV = 1 ] && add "luv spawn + pipe read_start" "${tm}lua5.4 $PEERS/luv_capture.lua $a"
+  add "tether combined_output()" "$tm$TL/tether_capture.lua $a combined"
+  add "tether stdout_pipe():read(\"a\") + wait()" "$tm$TL/tether_capture.lua $a pipe"
   run_case 3 "Case 3: output() of 256 MiB (head -c 268435456 /dev/zero), 3 captures/process" "MB/s (1e6 B)" higher 120
   echo
-  echo "Peak RSS (target for tether: at most 2x the output size above baseline):"
+  echo "Peak RSS (target for tether: at most 1.1x the output size above baseline):"
   echo
   local x base hwm
   x=$(grep -h '^tether-rss' "$B"/err.3.0.* | sed 's/.*above_x_output=//' | med)
   base=$(grep -h '^tether-rss' "$B"/err.3.0.* | sed 's/.*base_kb=\([0-9]*\).*/\1/' | med)
   hwm=$(grep -h '^tether-rss' "$B"/err.3.0.* | sed 's/.*hwm_kb=\([0-9]*\).*/\1/' | med)
-  [ -n "$x" ] && echo "- tether: VmHWM $((hwm / 1024)) MiB, $((base / 1024)) MiB before the first capture: $x x the output size above baseline ($(awk -v x="$x" 'BEGIN{print (x <= 2) ? "<= 2: met" : "> 2: **MISSED**"}'))."
+  [ -n "$x" ] && echo "- tether: VmHWM $((hwm / 1024)) MiB, $((base / 1024)) MiB before the first capture: $x x the output size above baseline ($(awk -v x="$x" 'BEGIN{print (x <= 1.1) ? "<= 1.1: met" : "> 1.1: **MISSED**"}'))."
   if [ $HAVE_TIME = 1 ]; then
     local i
     for i in "${!LABELS[@]}"; do
@@ -213,12 +215,13 @@ case4() {
 
 case5() {
   reset_rows
-  add "**tether** signal.notify + core.kill(self) + ch:recv()" "$TL/tether_signal.lua 10000"
+  add "**tether** signal.notify + exec.find_process(self):signal(\"USR1\") + ch:recv(1)" "$TL/tether_signal.lua 10000"
   peer c_signal_selfpipe && add "C self-pipe handler + poll" "./c_signal_selfpipe 10000" "<=1.25"
   peer c_signalfd && add "C signalfd + poll" "./c_signalfd 10000"
   peer go_signal && add "Go signal.Notify channel" "./go_signal 10000"
   [ $HAVE_PY = 1 ] && add "Python set_wakeup_fd + select" "$PY $PEERS/py_signal.py 10000 wakeupfd"
   [ $HAVE_LUV = 1 ] && add "luv uv.new_signal" "lua5.4 $PEERS/luv_signal.lua 10000"
+  add "tether, find_process(self) inside the loop too" "$TL/tether_signal.lua 10000 find"
   run_case 5 "Case 5: SIGUSR1 to self until it is received, N=10000 round trips" "us per round trip (median)" lower 60
 }
 
@@ -279,6 +282,27 @@ case8() {
   run_case 8c "Case 8c: a command with 100,000 arguments built and run (median of 5)" "seconds" lower 120
   local t=${MEDIANS[0]%% *}
   [ -n "$t" ] && echo && echo "Target: tether under 0.5 s: $t s ($(awk -v t="$t" 'BEGIN{print (t < 0.5) ? "met" : "**MISSED**"}'))."
+}
+
+# Case 9: 1000 concurrent children (sh -c 'sleep 0.3'), all started then all waited, 3 rounds.
+# The peers of this case live in bench/peers/ (go_many.go, py_many.py).
+case9() {
+  local own=$HERE/peers
+  if has go && [ ! -x "$B/go_many" ]; then
+    (cd "$own" && go build -o "$B/go_many" go_many.go) >>"$LOG" 2>&1 || NOTES+=("go build go_many.go failed")
+  fi
+  local mode
+  for mode in cpu wall; do
+    reset_rows
+    add "**tether** start() x1000, then wait() each" "$TL/tether_many.lua 1000 3 $mode"
+    peer go_many && add "Go goroutine per exec.Command.Run, WaitGroup" "./go_many 1000 3 $mode" "$([ $mode = cpu ] && echo '<=1.2')"
+    [ $HAVE_PY = 1 ] && add "Python Popen x1000, then wait() each" "$PY $own/py_many.py 1000 3 $mode"
+    if [ $mode = cpu ]; then
+      run_case 9 "Case 9: 1000 concurrent children (sh -c 'sleep 0.3'), 3 rounds: the parent's CPU (user + system, /proc/self/stat)" "CPU seconds" lower 180
+    else
+      run_case 9w "Case 9 (wall): the same, median wall time of a round" "seconds per round" lower 180
+    fi
+  done
 }
 
 # Syscalls per spawn: strace -c over N spawns minus the same program with 0 spawns, / N.

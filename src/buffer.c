@@ -19,28 +19,56 @@ typedef struct {
   size_t ring_cap, ring_pos, ring_len;
   size_t total;          /* all bytes ever appended */
   int truncated;
+  int mapped;            /* data is a mapping of its own (cap bytes), not malloc'd */
 } tbuf;
 
 static tbuf *check_buf(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, TETHER_BUFFER_MT);
 }
 
-/* Room for need bytes in data; -1 when out of memory (or need cannot be allocated). */
+/* Storage: small buffers live in malloc'd memory; from MAP_MIN on, the data moves once into
+ * an anonymous mapping of its own, advised for huge pages as a whole (never a sub-range,
+ * which would split it), that grows with mremap: the kernel moves page tables, no byte is
+ * copied, however big the capture gets. */
+#define MAP_MIN ((size_t)2 << 20)
+
+static void store_free(tbuf *b) {
+  if (b->mapped) munmap(b->data, b->cap);
+  else free(b->data);
+  b->data = NULL;
+  b->cap = 0;
+  b->mapped = 0;
+}
+
+/* Make room for need bytes in all; -1 (errno ENOMEM) when that cannot be had. */
 static int grow(tbuf *b, size_t need) {
   if (need <= b->cap) return 0;
   size_t cap = b->cap ? b->cap : 16384;
   while (cap < need) {
-    if (cap > SIZE_MAX / 2) { cap = need; break; } /* doubling would wrap: exactly need */
+    if (cap > SIZE_MAX / 2) { errno = ENOMEM; return -1; }
     cap *= 2;
   }
-  char *p = realloc(b->data, cap);
-  if (!p) return -1;
+  if (cap < MAP_MIN) {
+    char *p = realloc(b->data, cap);
+    if (!p) { errno = ENOMEM; return -1; }
+    b->data = p;
+    b->cap = cap;
+    return 0;
+  }
+  char *p;
+  if (b->mapped) {
+    p = mremap(b->data, b->cap, cap, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED) return -1;
+  } else {
+    p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return -1;
+    madvise(p, cap, MADV_HUGEPAGE); /* the whole mapping; mremap keeps the advice */
+    if (b->len) memcpy(p, b->data, b->len);
+    free(b->data);
+    b->mapped = 1;
+  }
   b->data = p;
   b->cap = cap;
-  if (cap >= ((size_t)4 << 20)) { /* big captures: fewer page faults with huge pages */
-    uintptr_t lo = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, hi = ((uintptr_t)p + cap) & ~(uintptr_t)4095;
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
-  }
   return 0;
 }
 
@@ -163,6 +191,28 @@ static int buf_result(lua_State *L) {
   return 1;
 }
 
+/* buf:take() -> the kept bytes as one string, as result() gives them; the buffer is then
+ * empty, its memory given up as the string is made (a big capture costs its size once, not
+ * twice: bigstr.c). */
+static int buf_take(lua_State *L) {
+  tbuf *b = check_buf(L, 1);
+  if (b->truncated || !b->mapped) {
+    buf_result(L);
+  } else {
+    char *map = b->data;
+    size_t len = b->len, maplen = b->cap;
+    b->data = NULL; /* the mapping is handed over: released there, even should the push raise */
+    b->cap = 0;
+    b->mapped = 0;
+    tether_push_mapping(L, map, len, maplen);
+  }
+  store_free(b); /* total() and truncated() still tell what the capture saw */
+  free(b->ring);
+  b->ring = NULL;
+  b->len = b->ring_cap = b->ring_pos = b->ring_len = 0;
+  return 1;
+}
+
 /* buf:total() -> all bytes appended; buf:truncated() -> whether bytes were dropped. */
 static int buf_total(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)check_buf(L, 1)->total);
@@ -177,7 +227,7 @@ static int buf_truncated(lua_State *L) {
 /* buf:free() releases the memory now; the buffer is then empty. Also __gc. */
 static int buf_free(lua_State *L) {
   tbuf *b = check_buf(L, 1);
-  free(b->data);
+  store_free(b);
   free(b->ring);
   size_t limit = b->limit, head = b->head;
   memset(b, 0, sizeof *b);
@@ -285,7 +335,7 @@ static int buf_line_iter(lua_State *L) {
 }
 
 static const luaL_Reg buf_methods[] = {
-  {"read_from", buf_read_from}, {"append", buf_append}, {"result", buf_result},
+  {"read_from", buf_read_from}, {"append", buf_append}, {"result", buf_result}, {"take", buf_take},
   {"total", buf_total}, {"truncated", buf_truncated}, {"free", buf_free}, {NULL, NULL},
 };
 

@@ -50,6 +50,10 @@ struct slot {
 };
 
 static struct slot slots[MAX_STATES];
+/* 1 + the highest slot ever made live: the handler walks no further. It only grows (a slot
+ * index is reused, never moved), so a handler that read an older, smaller value misses
+ * only slots that were not live yet when the signal came. */
+static atomic_int slots_hw;
 static atomic_int in_handler; /* handlers inside the slot walk right now */
 static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -71,7 +75,8 @@ static int watches(struct slot *s, int sig) {
 static void on_signal(int sig, siginfo_t *info, void *uctx) {
   int saved = errno;
   atomic_fetch_add(&in_handler, 1); /* seq_cst: pairs with state_gc and quiesce */
-  for (int i = 0; i < MAX_STATES; i++) {
+  int hw = atomic_load(&slots_hw);
+  for (int i = 0; i < hw; i++) {
     struct slot *s = &slots[i];
     if (!atomic_load(&s->live) || !watches(s, sig)) continue;
     atomic_fetch_add_explicit(&s->counts[sig], 1, memory_order_relaxed);
@@ -239,6 +244,7 @@ static struct slot *slot_of(struct sigstate *st) {
     s->pipe_r = p[0];
     atomic_store(&s->pipe_w, p[1]);
     s->used = 1;
+    if (atomic_load(&slots_hw) < i + 1) atomic_store(&slots_hw, i + 1); /* under sig_lock */
     atomic_store(&s->live, 1);
     st->slot = i;
     return s;
@@ -323,8 +329,9 @@ static int sig_ignored(lua_State *L) {
   return 1;
 }
 
-/* signal_take() -> {[signum] = count, ...} of signals this lua_State caught since the last
- * call, or nil when none (no syscall in that case). Drains this state's self-pipe. */
+/* signal_take([t]) -> what this lua_State caught since the last take, or nil when nothing:
+ * with a table t, t[1], t[2] = signum, count; t[3], t[4] = ... (the table reused by each
+ * pump, no garbage per signal) and the number of pairs; without, {[signum] = count}. */
 static int sig_take(lua_State *L) {
   struct sigstate *st = get_state(L);
   if (st->slot < 0) { lua_pushnil(L); return 1; }
@@ -335,13 +342,33 @@ static int sig_take(lua_State *L) {
   }
   unsigned char buf[256];
   while (read(s->pipe_r, buf, sizeof buf) == (ssize_t)sizeof buf) {} /* a short read drained it */
-  lua_newtable(L);
-  int any = 0;
-  for (int k = 1; k < NSIG; k++) {
-    unsigned n = atomic_exchange_explicit(&s->counts[k], 0, memory_order_acq_rel);
-    if (n) { lua_pushinteger(L, n); lua_rawseti(L, -2, k); any = 1; }
+  int into = lua_istable(L, 1);
+  if (!into) lua_newtable(L);
+  int t = into ? 1 : lua_gettop(L), k = 0;
+  /* Only the signals this state watches can have counts: visit the set bits. A count left
+   * by a signal the state stopped watching is dropped with it (stop() forgets it anyway). */
+  for (int w = 0; w < NWORDS; w++) {
+    uint64_t bits = atomic_load_explicit(&s->watch[w], memory_order_acquire);
+    while (bits) {
+      int sig = w * 64 + __builtin_ctzll(bits);
+      bits &= bits - 1;
+      if (sig <= 0 || sig >= NSIG) continue;
+      unsigned n = atomic_exchange_explicit(&s->counts[sig], 0, memory_order_acq_rel);
+      if (!n) continue;
+      if (into) {
+        lua_pushinteger(L, sig);
+        lua_rawseti(L, t, 2 * k + 1);
+        lua_pushinteger(L, n);
+        lua_rawseti(L, t, 2 * k + 2);
+      } else {
+        lua_pushinteger(L, n);
+        lua_rawseti(L, t, sig);
+      }
+      k++;
+    }
   }
-  if (!any) { lua_pop(L, 1); lua_pushnil(L); }
+  if (!k) { lua_pushnil(L); return 1; }
+  if (into) lua_pushinteger(L, k);
   return 1;
 }
 

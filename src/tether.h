@@ -28,6 +28,10 @@ void tether_open_fdkind(lua_State *L);
 void tether_open_pty(lua_State *L);      /* pty.c: pseudo-terminals */
 void tether_open_cgroup(lua_State *L);
 
+/* Pushes len bytes at map, the start of a private mapping of maplen bytes that the caller
+ * gives up, as a Lua string; the mapping is unmapped as it is copied (bigstr.c). */
+void tether_push_mapping(lua_State *L, char *map, size_t len, size_t maplen);
+
 /* Push nil, errno and return 2: the Lua layer turns errno into an error object.
  * The caller must have saved errno before any Lua API call (util.c). */
 int tether_fail(lua_State *L, int err);

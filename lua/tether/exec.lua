@@ -651,7 +651,7 @@ end
 -- as output() does.
 local function capture_end(self, cap, ok, err)
   self._errbuf = nil
-  local data = cap.out:result()
+  local data = cap.out:take() -- the buffer gives its memory up as the string is made
   self.truncated = cap.out:truncated()
   cap.out:free()
   if cap.errbuf then

@@ -124,7 +124,7 @@ local function read_all(self, deadline, ctx)
       if not ok then err = fill_error(ok, werr); break end
     end
   end
-  local s = b:result()
+  local s = b:take() -- the buffer gives its memory up as the string is made
   b:free()
   if err then
     if s ~= "" then self._buf, self._pos = s, 1 end

@@ -83,19 +83,28 @@ local function push(ch, name)
 end
 
 local function pop(ch)
-  if ch.first > ch.last then return nil end
-  local v = ch.q[ch.first]
-  ch.q[ch.first] = nil
-  ch.first = ch.first + 1
+  local first, last = ch.first, ch.last
+  if first > last then return nil end
+  local q = ch.q
+  local v = q[first]
+  q[first] = nil
+  -- Emptied: start again at 1, so the queue's indices stay small (ever-growing keys make
+  -- the table rehash again and again).
+  if first == last then ch.first, ch.last = 1, 0 else ch.first = first + 1 end
   return v
 end
 
 --- pump(): delivers the signals caught since the last look to the watching
 -- channels. Cheap when none are pending (no syscall). Called by every wait.
+local take_buf = {} -- signal_take fills it: signum, count, signum, count, ...
 local function pump()
-  local caught = core.signal_take()
-  if not caught then return end
-  for n, count in pairs(caught) do
+  local buf = take_buf
+  if not buf then buf = {} end -- a pump inside a delivery (an on_signal callback)
+  local k = core.signal_take(buf)
+  if not k then return end
+  take_buf = nil
+  for i = 1, 2 * k, 2 do
+    local n, count = buf[i], buf[i + 1]
     local ws = watchers[n]
     if ws then
       local name = name_of(n)
@@ -106,6 +115,7 @@ local function pump()
       end
     end
   end
+  take_buf = buf
 end
 M._pump = pump
 
@@ -120,9 +130,12 @@ end
 -- that is done gives its error (context.Canceled or DeadlineExceeded).
 function Channel:recv(limit)
   local deadline, ctx = wait.limit(limit)
+  pump()
+  local v = pop(self)
+  if v then return v end -- already here: no wait
   while true do
     pump()
-    local v = pop(self)
+    v = pop(self)
     if v then return v end
     if ctx and ctx:done() then return nil, ctx:err() end
     local fd, errno = core.signal_fd()

@@ -11,9 +11,13 @@ local type, tostring, tonumber, floor = type, tostring, tonumber, math.floor
 
 local M = {}
 
+local known = {} -- name as given -> number, for the names already parsed (a few dozen at most)
+
 -- number(sig) -> n | nil, reason: reason reads "unknown signal \"FOO\"",
 -- "invalid signal number 1.5" or "signal name or number expected, got table".
 function M.number(sig)
+  local hit = known[sig]
+  if hit then return hit end
   local rtmin, rtmax = SIG.SIGRTMIN, SIG.SIGRTMAX
   if type(sig) == "number" then
     if sig ~= floor(sig) or sig < 0 or sig > rtmax then
@@ -33,6 +37,7 @@ function M.number(sig)
     else n = nil end
   end
   if not n or n < 1 or n > rtmax then return nil, ("unknown signal %q"):format(sig) end
+  known[sig] = n
   return n
 end
 
