@@ -49,6 +49,7 @@ build = {
    modules = {
       ["tether.core"] = {
          sources = {
+            "src/bigstr.c",
             "src/buffer.c",
             "src/cgroup.c",
             "src/children.c",
