@@ -40,6 +40,7 @@ end
 -- child writes cgroup.procs) or "procs" (the child always writes cgroup.procs).
 M.placement = "clone3"
 
+-- The lines of a file, or nil (also tether.cpus' reader of cpu.max).
 local function read_lines(path)
   local f = io.open(path, "r")
   if not f then return nil end
@@ -48,6 +49,7 @@ local function read_lines(path)
   f:close()
   return lines
 end
+M._read_lines = read_lines
 
 --- mount() -> the path where the cgroup v2 hierarchy is mounted (from
 -- /proc/self/mountinfo; "/sys/fs/cgroup" on a unified host,

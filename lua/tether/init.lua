@@ -75,37 +75,19 @@ function tether.threads()
   return nil, require("tether.errors").from_errno("opendir", "/proc/self/task", errno)
 end
 
--- The lines of a file, or nil.
-local function read_lines(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local lines = {}
-  for l in f:lines() do lines[#lines + 1] = l end
-  f:close()
-  return lines
-end
-
 -- The cpu.max files that bound this process: its cgroup v2 directory and each parent up to
--- the cgroup2 mount, from /proc/self/cgroup and mountinfo. In a cgroup namespace (a
--- container) the mount's own directory is the container's cgroup, with its cpu.max; the
--- host's root cgroup has none.
+-- the cgroup2 mount (tether.cgroup finds both from /proc/self/cgroup and mountinfo). In a
+-- cgroup namespace (a container) the mount's own directory is the container's cgroup, with
+-- its cpu.max; the host's root cgroup has none.
 local function cpu_max_files()
-  local cg
-  for _, l in ipairs(read_lines("/proc/self/cgroup") or {}) do
-    cg = cg or l:match("^0::(/.*)$")
-  end
-  if not cg then return {} end
-  local mnt, root
-  for _, l in ipairs(read_lines("/proc/self/mountinfo") or {}) do
-    local r, m, fstype = l:match("^%S+ %S+ %S+ (%S+) (%S+) .- %- (%S+)")
-    if fstype == "cgroup2" and not mnt then mnt, root = m, r end
-  end
-  if not mnt then return {} end
-  if root ~= "/" and cg:sub(1, #root) == root then cg = cg:sub(#root + 1) end
-  local files, dir = {}, cg:gsub("/+$", "")
-  while dir ~= "" do
-    files[#files + 1] = mnt .. dir .. "/cpu.max"
-    dir = dir:match("^(.*)/[^/]*$") or ""
+  local cgroup = require "tether.cgroup"
+  local mnt = cgroup.mount()
+  local dir = mnt and cgroup.default_root()
+  if not dir then return {} end
+  local files = {}
+  while #dir > #mnt do
+    files[#files + 1] = dir .. "/cpu.max"
+    dir = dir:match("^(.*)/[^/]*$")
   end
   files[#files + 1] = mnt .. "/cpu.max"
   return files
@@ -114,7 +96,7 @@ end
 -- The CPU cap of one cpu.max file ("QUOTA PERIOD" or "max PERIOD"): ceil(quota / period),
 -- at least 1; nil for no cap, a missing file or one that cannot be parsed.
 local function quota_cap(path)
-  local lines = read_lines(path)
+  local lines = require("tether.cgroup")._read_lines(path)
   local q, p = (lines and lines[1] or ""):match("^%s*(%S+)%s+(%d+)%s*$")
   if not q or q == "max" or not q:match("^%d+$") or tonumber(p) == 0 then return nil end
   return math.max(1, math.ceil(tonumber(q) / tonumber(p)))
