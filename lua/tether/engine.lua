@@ -50,6 +50,10 @@ end
 function engine.begin(cmd, tasks, group)
   local r = { tasks = tasks, group = group }
   if cmd.timeout then r.timeout_at = core.now() + cmd.timeout end
+  -- A child just started has rarely exited yet: its pidfd says when, so the first look is a
+  -- poll, not a wait4 that would find nothing (one syscall less per spawn). Without a
+  -- pidfd, every pass tries wait4.
+  if cmd.process and cmd.process:pollfd() >= 0 then r.exit_seen = false end
   cmd._run = r
   trace.started(cmd)
 end
