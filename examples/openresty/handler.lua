@@ -65,8 +65,9 @@ function M.pty()
   if ok then ok, err = term:write("nginx\n") end
   local who
   if ok then who, err = term:expect("hello (%a+)", 5) end
-  term:close()
+  -- wait before closing: a shell that has not exited yet would get SIGHUP from the close
   local state = cmd.process and cmd:wait(5)
+  term:close()
   if not who then
     ngx.status = 500
     ngx.say("pty failed: ", tostring(err))
