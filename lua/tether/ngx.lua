@@ -104,7 +104,8 @@ end
 -- files, cancel, wait_delay, hooks) keeps the command in the request.
 local PLAIN = { path = "string", args = "table", env = "table", dir = "string", stdin = "string",
   setpgid = "boolean", setsid = "boolean", pdeathsig = "string", uid = "number", gid = "number",
-  groups = "table", max_output = "number" }
+  groups = "table", max_output = "number",
+  _looked_up = "string" } -- exec.command's note that path came from a PATH search (messages)
 local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
 local offload_phases = { rewrite = true, access = true, content = true, timer = true }
 
