@@ -37,3 +37,43 @@ describe("core.hostflag", function()
     ffi.cast("void (*)(void *)", fn)(data) -- the memory is the host's until this call
   end)
 end)
+
+-- tether.ngx ties the write end of a pooled command's abort pipe to its request this way:
+-- nginx's cleanup calls closer(fd) when it frees the request.
+describe("core.host_closer", function()
+  local function open_fd(fd)
+    local f = io.open("/proc/self/fdinfo/" .. fd)
+    if f then f:close() end
+    return f ~= nil
+  end
+
+  it("gives the host a callback that closes the fd its data names", function()
+    local r, w = core.pipe_int()
+    assert.is_number(r)
+    assert.is_number(w)
+    local fn = core.host_closer()
+    assert.are.equal("userdata", type(fn))
+    assert.is_true(open_fd(w))
+    if ffi_ok then
+      ffi.cast("void (*)(void *)", fn)(ffi.cast("void *", w))
+      assert.is_false(open_fd(w))
+      -- the read end sees the pipe's end (what the pool thread waits for)
+      assert.are.equal(1, core.poll_many({ r, "r" }, core.now() + 5))
+    else
+      core.close_int(w)
+    end
+    core.close_int(r)
+  end)
+
+  it("makes pipes of bare fds that are close-on-exec", function()
+    local r, w = core.pipe_int()
+    for _, fd in ipairs({ r, w }) do
+      local f = assert(io.open("/proc/self/fdinfo/" .. fd))
+      local flags = tonumber(f:read("*a"):match("flags:%s*(%d+)"), 8)
+      f:close()
+      assert.are.equal(1, math.floor(flags / 2 ^ 19) % 2, "fd " .. fd .. " lacks O_CLOEXEC (02000000)")
+    end
+    core.close_int(r)
+    core.close_int(w)
+  end)
+end)

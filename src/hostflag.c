@@ -6,12 +6,17 @@
  * reason (done, client abort, ngx.exit, an error), the flag is set, and tether's sweeper
  * cancels and reaps the commands the request left. The callback runs no Lua, allocates
  * nothing and only touches the flag. The flag's memory is shared by the Lua object and
- * the host (a reference count), so whichever lets go last frees it. */
+ * the host (a reference count), so whichever lets go last frees it.
+ *
+ * Also owns hostflag_close, the host callback that closes an fd (host_closer): a command
+ * tether.ngx runs whole in nginx's thread pool ties the write end of its abort pipe to
+ * the request this way, so a dropped request wakes the pool thread without Lua. */
 #include "tether.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define HOSTFLAG_MT "tether.hostflag"
 
@@ -92,6 +97,21 @@ static int hf_gc(lua_State *L) {
   return 0;
 }
 
+/* The host's callback that closes an fd: data is the fd number (an intptr_t). */
+static void hostflag_close(void *data) {
+  close((int)(intptr_t)data);
+}
+
+/* host_closer() -> callback (light userdata): the host calls callback(data) with data an
+ * fd number cast to a pointer; the callback closes that fd. */
+static int hf_closer(lua_State *L) {
+  void (*fn)(void *) = hostflag_close;
+  void *p;
+  memcpy(&p, &fn, sizeof p);
+  lua_pushlightuserdata(L, p);
+  return 1;
+}
+
 static const luaL_Reg methods[] = {
   {"arm", hf_arm}, {"disarm", hf_disarm}, {"is_set", hf_is_set}, {NULL, NULL},
 };
@@ -107,4 +127,6 @@ void tether_open_hostflag(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, hf_new);
   lua_setfield(L, -2, "hostflag");
+  lua_pushcfunction(L, hf_closer);
+  lua_setfield(L, -2, "host_closer");
 }

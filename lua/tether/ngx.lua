@@ -4,8 +4,8 @@
 -- * Whole commands in the pool. Under waiters.ngx, cmd:run(), output() and combined_output()
 --   of a command made of plain values run start to end in a pool thread's Lua VM
 --   (run_plain); the request yields once and gets the result back as scalars. A pipe
---   whose write end the request holds lets the pool thread kill the command if the
---   request is dropped.
+--   whose write end nginx's cleanup of the request closes (tie_fd) lets the pool thread
+--   kill the command if the request is dropped.
 -- * Waiting on the event. waiters.ngx hands every wait to a thread of nginx's thread pool
 --   (ngx.run_worker_thread): the pool thread blocks in poll(2) on the fds, and nginx resumes
 --   the request when the thread is done, so the request wakes on the event itself, not on
@@ -117,7 +117,7 @@ local function plain_list(t)
   return true
 end
 
-local track_fd -- defined below: ties an fd to the request (closed when it is dropped)
+local tie_fd -- defined below: ties an fd to the request (nginx closes it when it is dropped)
 
 -- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
 local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
@@ -132,7 +132,8 @@ end
 function M.offload(cmd, how)
   local pool = M.thread_pool
   if not pool or missing[pool] or not M.offload_commands or cmd._started or cmd.err then return nil end
-  if not require("tether.wait").waiter_many or not offload_phases[ngx.get_phase()] then return nil end
+  local phase = ngx.get_phase()
+  if not offload_phases[phase] or not require("tether.wait").waiter_many then return nil end
   local spec = {}
   for k, v in pairs(cmd) do
     local want = PLAIN[k]
@@ -141,28 +142,25 @@ function M.offload(cmd, how)
     if want == "table" and not plain_list(v) then return nil end
     spec[k] = v
   end
-  -- The abort pipe: when the request is dropped, its write end is closed and the pool
-  -- thread cancels the command (SIGKILL) and reaps it.
-  local r, w = core.pipe()
-  if not r then return nil end
+  -- The abort pipe, bare fds: the read end belongs to the task (it closes it when done, even
+  -- if this request is long gone by then: a task nginx has queued always runs). The write
+  -- end is tied to the request: if nginx drops it, nginx's cleanup closes it (a C callback,
+  -- no Lua), the pool thread sees the pipe's end and cancels the command (SIGKILL) and reaps it.
+  local rfd, wfd = core.pipe_int()
+  if not rfd then return nil end
   -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
   -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
   if core.spawn_mode() == "direct" then core.guard_children(true) end
-  -- The read end belongs to the task from here on: it closes it when done, even if this
-  -- request is long gone by then (a task nginx has queued always runs).
-  local rfd = r:release()
-  local tracked = track_fd(w)
+  local cln = request_phases[phase] and tie_fd(wfd)
   local ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime, maxrss =
     ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
-  if tracked then tracked.fds[w] = nil end
-  w:close()
-  if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
-    core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
-  end
+  if cln then cln.handler = nil end -- the request goes on: its cleanup must not close wfd
+  core.close_int(wfd)
   if not ok then
     if type(res) == "string" and res:find(TASK_ERR, 1, true) then
       error("tether: " .. res, 0) -- the command's run raised in the pool thread
     end
+    core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
     if no_pool(res) then missing[pool] = true end
     return nil -- not run in the pool: it runs in the request
   end
@@ -273,9 +271,6 @@ local function sweep(premature)
     if s.flag:is_set() then
       scopes[key] = nil
       for cmd in pairs(s.cmds) do left[#left + 1] = cmd end
-      -- Abort pipes: closing the write end wakes the pool thread, which kills the command.
-      for fd in pairs(s.fds) do fd:close() end
-      s.fds = {}
     end
   end
   if premature then -- the worker is exiting: no waiting, kill what is left
@@ -309,7 +304,7 @@ local function scope()
   local s = scopes[key]
   if s and s.flag:is_set() then -- a freed request's address, reused: that one is gone
     scopes[key] = nil
-    if next(s.cmds) or next(s.fds) then
+    if next(s.cmds) then
       scopes[{}] = s -- kept for the sweeper under a key of its own
     end
     s = nil
@@ -321,7 +316,7 @@ local function scope()
     cln = ffi.cast("tether_ngx_cleanup_t *", cln)
     local fn, data = flag:arm()
     cln.handler, cln.data = fn, data
-    s = { flag = flag, cmds = {}, fds = {} }
+    s = { flag = flag, cmds = {} }
     scopes[key] = s
   end
   schedule()
@@ -336,12 +331,20 @@ function M.track(cmd)
   cmd._ngx_scope = s
 end
 
--- track_fd(w) -> the request's record: if the request is dropped, the abort pipe's write
--- end w is closed.
-track_fd = function(w)
-  local s = scope()
-  if s then s.fds[w] = true end
-  return s
+-- tie_fd(fd) -> the cleanup entry | nil: puts a C callback of tether's on the current
+-- request's cleanup list that closes the bare fd when nginx frees the request. The caller
+-- clears entry.handler once it closes fd itself (nginx skips a cleanup without a handler).
+local closer
+tie_fd = function(fd)
+  if not setup() then return nil end
+  local r = get_request()
+  if not r then return nil end
+  local cln = C.ngx_http_cleanup_add(r, 0)
+  if cln == nil then return nil end
+  cln = ffi.cast("tether_ngx_cleanup_t *", cln)
+  closer = closer or core.host_closer()
+  cln.handler, cln.data = closer, ffi.cast("void *", fd)
+  return cln
 end
 
 --- untrack(cmd): called when cmd's wait is done.
