@@ -38,42 +38,55 @@ describe("core.hostflag", function()
   end)
 end)
 
--- tether.ngx ties the write end of a pooled command's abort pipe to its request this way:
--- nginx's cleanup calls closer(fd) when it frees the request.
-describe("core.host_closer", function()
-  local function open_fd(fd)
+-- tether.ngx ties a command it runs whole in nginx's thread pool to its request this way:
+-- nginx's cleanup calls callback(data) when it frees the request; the pool thread waits
+-- on the fd reqwatch_open gave it.
+describe("core.reqwatch", function()
+  local function is_open(fd)
     local f = io.open("/proc/self/fdinfo/" .. fd)
     if f then f:close() end
     return f ~= nil
   end
+  local function ready(fd) return core.poll_many({ fd, "r" }, core.now()) == 1 end
 
-  it("gives the host a callback that closes the fd its data names", function()
-    local r, w = core.pipe_int()
-    assert.is_number(r)
-    assert.is_number(w)
-    local fn = core.host_closer()
+  it("wakes the task's fd when the host calls the callback", function()
+    if not ffi_ok then pending("needs LuaJIT's FFI to play the host") return end
+    local fn, data, id = core.reqwatch()
     assert.are.equal("userdata", type(fn))
-    assert.is_true(open_fd(w))
-    if ffi_ok then
-      ffi.cast("void (*)(void *)", fn)(ffi.cast("void *", w))
-      assert.is_false(open_fd(w))
-      -- the read end sees the pipe's end (what the pool thread waits for)
-      assert.are.equal(1, core.poll_many({ r, "r" }, core.now() + 5))
-    else
-      core.close_int(w)
-    end
-    core.close_int(r)
+    assert.are.equal("userdata", type(data))
+    assert.is_number(id)
+    local fd = core.reqwatch_open(id)
+    assert.is_number(fd)
+    assert.is_false(ready(fd))
+    ffi.cast("void (*)(void *)", fn)(data)
+    assert.is_true(ready(fd))
+    core.reqwatch_close(id, fd)
+    assert.is_false(is_open(fd))
   end)
 
-  it("makes pipes of bare fds that are close-on-exec", function()
-    local r, w = core.pipe_int()
-    for _, fd in ipairs({ r, w }) do
-      local f = assert(io.open("/proc/self/fdinfo/" .. fd))
-      local flags = tonumber(f:read("*a"):match("flags:%s*(%d+)"), 8)
-      f:close()
-      assert.are.equal(1, math.floor(flags / 2 ^ 19) % 2, "fd " .. fd .. " lacks O_CLOEXEC (02000000)")
-    end
-    core.close_int(r)
-    core.close_int(w)
+  it("tells a task that starts after the host called the callback that the request is gone", function()
+    if not ffi_ok then pending("needs LuaJIT's FFI to play the host") return end
+    local fn, data, id = core.reqwatch()
+    ffi.cast("void (*)(void *)", fn)(data)
+    assert.is_false(core.reqwatch_open(id))
+    core.reqwatch_close(id)
+  end)
+
+  it("gives the task a close-on-exec fd that stays quiet once the host is disarmed", function()
+    local _, _, id = core.reqwatch()
+    core.reqwatch_disarm(id)
+    local fd = core.reqwatch_open(id)
+    assert.is_number(fd)
+    local f = assert(io.open("/proc/self/fdinfo/" .. fd))
+    local flags = tonumber(f:read("*a"):match("flags:%s*(%d+)"), 8)
+    f:close()
+    assert.are.equal(1, math.floor(flags / 2 ^ 19) % 2, "fd " .. fd .. " lacks O_CLOEXEC (02000000)")
+    assert.is_false(ready(fd))
+    core.reqwatch_close(id, fd)
+    assert.is_false(is_open(fd))
+  end)
+
+  it("raises on an id that is not a watch", function()
+    assert.has_error(function() core.reqwatch_open(0) end)
   end)
 end)

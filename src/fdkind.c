@@ -1,10 +1,7 @@
 /* fdkind.c - what kind of file an fd is, where tether must know (tether.core.is_pidfd), and
- * closing a bare fd no object owns (close_int), and a pipe of bare fds (pipe_int). tether.ngx
- * uses them for a command it runs whole in nginx's thread pool (its abort pipe). */
+ * closing a bare fd no object owns (close_int). tether.ngx's pool-thread side uses both. */
 #include "tether.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,18 +26,7 @@ static int fk_close_int(lua_State *L) {
   return 0;
 }
 
-/* pipe_int() -> rfd, wfd (integers no tether object owns, O_CLOEXEC) | nil, err. */
-static int fk_pipe_int(lua_State *L) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) return tether_fail(L, errno);
-  lua_pushinteger(L, p[0]);
-  lua_pushinteger(L, p[1]);
-  return 2;
-}
-
 void tether_open_fdkind(lua_State *L) {
-  lua_pushcfunction(L, fk_pipe_int);
-  lua_setfield(L, -2, "pipe_int");
   lua_pushcfunction(L, fk_is_pidfd);
   lua_setfield(L, -2, "is_pidfd");
   lua_pushcfunction(L, fk_close_int);

@@ -3,9 +3,9 @@
 -- Owns three things (issue 12):
 -- * Whole commands in the pool. Under waiters.ngx, cmd:run(), output() and combined_output()
 --   of a command made of plain values run start to end in a pool thread's Lua VM
---   (run_plain); the request yields once and gets the result back as scalars. A pipe
---   whose write end nginx's cleanup of the request closes (tie_fd) lets the pool thread
---   kill the command if the request is dropped.
+--   (run_plain); the request yields once and gets the result back as scalars. A request
+--   watch (core.reqwatch) on the request's cleanup list lets the pool thread kill the
+--   command if the request is dropped.
 -- * Waiting on the event. waiters.ngx hands every wait to a thread of nginx's thread pool
 --   (ngx.run_worker_thread): the pool thread blocks in poll(2) on the fds, and nginx resumes
 --   the request when the thread is done, so the request wakes on the event itself, not on
@@ -117,7 +117,7 @@ local function plain_list(t)
   return true
 end
 
-local tie_fd -- defined below: ties an fd to the request (nginx closes it when it is dropped)
+local tie -- defined below: puts a C callback on the request's cleanup list
 
 -- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
 local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
@@ -142,25 +142,30 @@ function M.offload(cmd, how)
     if want == "table" and not plain_list(v) then return nil end
     spec[k] = v
   end
-  -- The abort pipe, bare fds: the read end belongs to the task (it closes it when done, even
-  -- if this request is long gone by then: a task nginx has queued always runs). The write
-  -- end is tied to the request: if nginx drops it, nginx's cleanup closes it (a C callback,
-  -- no Lua), the pool thread sees the pipe's end and cancels the command (SIGKILL) and reaps it.
-  local rfd, wfd = core.pipe_int()
-  if not rfd then return nil end
+  -- The request watch: if nginx drops the request, nginx's cleanup calls a C callback of
+  -- tether's (no Lua runs) that wakes the pool thread, which cancels the command (SIGKILL)
+  -- and reaps it. The task owns a reference and drops it when done, even if this request
+  -- is long gone by then (a task nginx has queued always runs).
+  local fire, data, watch = core.reqwatch()
+  if not fire then return nil end
   -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
   -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
   if core.spawn_mode() == "direct" then core.guard_children(true) end
-  local cln = request_phases[phase] and tie_fd(wfd)
+  local cln = request_phases[phase] and tie(fire, data)
+  if not cln then core.reqwatch_disarm(watch) end -- no request to watch
   local ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime, maxrss =
-    ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
-  if cln then cln.handler = nil end -- the request goes on: its cleanup must not close wfd
-  core.close_int(wfd)
+    ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, watch)
+  if cln then
+    cln.handler = nil -- the request goes on: nginx must not call the callback now
+    core.reqwatch_disarm(watch)
+  end
+  if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
+    core.reqwatch_close(watch) -- run_plain never ran (not queued, or its module did not load)
+  end
   if not ok then
     if type(res) == "string" and res:find(TASK_ERR, 1, true) then
       error("tether: " .. res, 0) -- the command's run raised in the pool thread
     end
-    core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
     if no_pool(res) then missing[pool] = true end
     return nil -- not run in the pool: it runs in the request
   end
@@ -169,15 +174,22 @@ function M.offload(cmd, how)
     utime, stime, maxrss)
 end
 
---- run_plain(spec, how, abort_fd) -> result | false: the pool-thread side of offload.
-function M.run_plain(spec, how, abort_fd)
+--- run_plain(spec, how, watch) -> result | false: the pool-thread side of offload; watch is
+-- the request's (core.reqwatch), which this task closes whatever happens.
+function M.run_plain(spec, how, watch)
   local okr, tether = pcall(require, "tether")
-  if not okr then core.close_int(abort_fd); error(TASK_ERR .. tostring(tether), 0) end
+  if not okr then core.reqwatch_close(watch); error(TASK_ERR .. tostring(tether), 0) end
+  local abort_fd, werr = core.reqwatch_open(watch)
+  if abort_fd == false then -- the request was dropped before this task ran: nothing to run
+    core.reqwatch_close(watch)
+    return false
+  end
+  if not abort_fd then core.reqwatch_close(watch); error(TASK_ERR .. "eventfd: errno " .. tostring(werr), 0) end
   local exec = require "tether.exec"
   local cmd = exec.command("tether")
   for k, v in pairs(spec) do cmd[k] = v end
   cmd.err = nil
-  -- While the command runs, the request's abort pipe is watched too: once the request is
+  -- While the command runs, the request's watch is polled too: once the request is
   -- dropped, the command is killed (its group with setpgid), as a cancelled context does.
   local list, killed = { -1, "r", abort_fd, "r" }, false
   tether.set_waiter(function(fd, events, timeout)
@@ -192,7 +204,7 @@ function M.run_plain(spec, how, abort_fd)
   end)
   local ok, a, b, c = pcall(cmd[how], cmd)
   tether.set_waiter(nil)
-  core.close_int(abort_fd)
+  core.reqwatch_close(watch, abort_fd)
   if not ok then error(TASK_ERR .. tostring(a), 0) end
   local state = cmd.process_state
   if not state then return false end -- start failed (no pid: see offload)
@@ -331,19 +343,17 @@ function M.track(cmd)
   cmd._ngx_scope = s
 end
 
--- tie_fd(fd) -> the cleanup entry | nil: puts a C callback of tether's on the current
--- request's cleanup list that closes the bare fd when nginx frees the request. The caller
--- clears entry.handler once it closes fd itself (nginx skips a cleanup without a handler).
-local closer
-tie_fd = function(fd)
+-- tie(fn, data) -> the cleanup entry | nil: puts the C callback fn(data) on the current
+-- request's cleanup list (nginx calls it when it frees the request). The caller clears
+-- entry.handler if it takes the callback back (nginx skips an entry without a handler).
+tie = function(fn, data)
   if not setup() then return nil end
   local r = get_request()
   if not r then return nil end
   local cln = C.ngx_http_cleanup_add(r, 0)
   if cln == nil then return nil end
   cln = ffi.cast("tether_ngx_cleanup_t *", cln)
-  closer = closer or core.host_closer()
-  cln.handler, cln.data = closer, ffi.cast("void *", fd)
+  cln.handler, cln.data = fn, data
   return cln
 end
 
