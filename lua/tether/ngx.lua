@@ -118,6 +118,7 @@ local function plain_list(t)
 end
 
 local tie -- defined below: puts a C callback on the request's cleanup list
+local wait_mod -- tether.wait, once loaded
 
 -- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
 local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
@@ -133,7 +134,8 @@ function M.offload(cmd, how)
   local pool = M.thread_pool
   if not pool or missing[pool] or not M.offload_commands or cmd._started or cmd.err then return nil end
   local phase = ngx.get_phase()
-  if not offload_phases[phase] or not require("tether.wait").waiter_many then return nil end
+  wait_mod = wait_mod or require("tether.wait")
+  if not offload_phases[phase] or not wait_mod.waiter_many then return nil end
   local spec = {}
   for k, v in pairs(cmd) do
     local want = PLAIN[k]
