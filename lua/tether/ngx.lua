@@ -155,15 +155,17 @@ function M.offload(cmd, how)
   if core.spawn_mode() == "direct" then core.guard_children(true) end
   local cln = request_phases[phase] and tie(fire, data)
   if not cln then core.reqwatch_disarm(watch) end -- no request to watch
-  local ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime, maxrss =
-    ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, watch)
+  -- (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued then)
+  local called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
+    maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
   if cln then
     cln.handler = nil -- the request goes on: nginx must not call the callback now
     core.reqwatch_disarm(watch)
   end
-  if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
+  if not called or (not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true))) then
     core.reqwatch_close(watch) -- run_plain never ran (not queued, or its module did not load)
   end
+  if not called then error(ok, 0) end
   if not ok then
     if type(res) == "string" and res:find(TASK_ERR, 1, true) then
       error("tether: " .. res, 0) -- the command's run raised in the pool thread
