@@ -37,3 +37,56 @@ describe("core.hostflag", function()
     ffi.cast("void (*)(void *)", fn)(data) -- the memory is the host's until this call
   end)
 end)
+
+-- tether.ngx ties a command it runs whole in nginx's thread pool to its request this way:
+-- nginx's cleanup calls callback(data) when it frees the request; the pool thread waits
+-- on the fd reqwatch_open gave it.
+describe("core.reqwatch", function()
+  local function is_open(fd)
+    local f = io.open("/proc/self/fdinfo/" .. fd)
+    if f then f:close() end
+    return f ~= nil
+  end
+  local function ready(fd) return core.poll_many({ fd, "r" }, core.now()) == 1 end
+
+  it("wakes the task's fd when the host calls the callback", function()
+    if not ffi_ok then pending("needs LuaJIT's FFI to play the host") return end
+    local fn, data, id = core.reqwatch()
+    assert.are.equal("userdata", type(fn))
+    assert.are.equal("userdata", type(data))
+    assert.is_number(id)
+    local fd = core.reqwatch_open(id)
+    assert.is_number(fd)
+    assert.is_false(ready(fd))
+    ffi.cast("void (*)(void *)", fn)(data)
+    assert.is_true(ready(fd))
+    core.reqwatch_close(id, fd)
+    assert.is_false(is_open(fd))
+  end)
+
+  it("tells a task that starts after the host called the callback that the request is gone", function()
+    if not ffi_ok then pending("needs LuaJIT's FFI to play the host") return end
+    local fn, data, id = core.reqwatch()
+    ffi.cast("void (*)(void *)", fn)(data)
+    assert.is_false(core.reqwatch_open(id))
+    core.reqwatch_close(id)
+  end)
+
+  it("gives the task a close-on-exec fd that stays quiet once the host is disarmed", function()
+    local _, _, id = core.reqwatch()
+    core.reqwatch_disarm(id)
+    local fd = core.reqwatch_open(id)
+    assert.is_number(fd)
+    local f = assert(io.open("/proc/self/fdinfo/" .. fd))
+    local flags = tonumber(f:read("*a"):match("flags:%s*(%d+)"), 8)
+    f:close()
+    assert.are.equal(1, math.floor(flags / 2 ^ 19) % 2, "fd " .. fd .. " lacks O_CLOEXEC (02000000)")
+    assert.is_false(ready(fd))
+    core.reqwatch_close(id, fd)
+    assert.is_false(is_open(fd))
+  end)
+
+  it("raises on an id that is not a watch", function()
+    assert.has_error(function() core.reqwatch_open(0) end)
+  end)
+end)

@@ -299,7 +299,8 @@ http {
           return table.concat({ tostring(a), tostring(err), tostring(err and err.exit_code),
             tostring(err and err.signal), tostring(err and err.stderr), tostring(partial),
             tostring(st:exit_code()), tostring(st:success()), tostring(st:signaled()),
-            tostring(st:signal()), type(st:pid()), tostring(cmd.truncated) }, "|")
+            tostring(st:signal()), type(st:pid()), tostring(cmd.truncated) }, "|"),
+            cmd.process and "request" or "pool" -- (a Cmd run whole in the pool has no Process)
         end
         local cases = {
           { "output", "sh", "-c", "echo out; echo err >&2; exit 3" },
@@ -309,9 +310,10 @@ http {
           { "run", "sh", "-c", "kill -TERM $$" },
         }
         for i, c in ipairs(cases) do
-          local pool = describe(c[1], false, unpack(c, 2))
-          local here = describe(c[1], true, unpack(c, 2))
-          ngx.say(i, pool == here and " same " or " DIFFERENT ", pool, pool == here and "" or (" vs " .. here))
+          local pool, where_pool = describe(c[1], false, unpack(c, 2))
+          local here, where_here = describe(c[1], true, unpack(c, 2))
+          ngx.say(i, pool == here and " same " or " DIFFERENT ", pool, pool == here and "" or (" vs " .. here),
+            " ran in the ", where_pool, " and the ", where_here)
         end
       }
     }
@@ -470,6 +472,9 @@ describe("tether in an nginx worker (issue 12)", function()
     local body = capture("curl -sS " .. q(url .. "/same"))
     local same = select(2, body:gsub(" same ", ""))
     assert.are.equal(5, same, body)
+    -- A plain command (path found on PATH) runs whole in the pool, one with wait_delay not.
+    local where = select(2, body:gsub(" ran in the pool and the request", ""))
+    assert.are.equal(5, where, body)
   end)
 
   it("runs commands without the thread pool it is told to use, and with it again after", function()

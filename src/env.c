@@ -1,8 +1,12 @@
 /* env.c - the process environment, behind one lock.
  *
- * Every read and write of environ made by tether goes through env_mu, and
- * spawn holds the same lock while a child inherits environ, so worker
- * threads may read the environment while the Lua thread changes it.
+ * Every read and write of environ made by tether goes through env_mu, so
+ * worker threads may read the environment while the Lua thread changes it.
+ * A spawn shares the environment (tether_env_share) while its child
+ * inherits environ, which lasts until the child has exec'd: shared holders
+ * only keep writers (setenv, unsetenv, clearenv, a fork) out, so reads such
+ * as look_path's PATH never wait for other threads' spawns (in nginx the
+ * event loop reads PATH while pool threads spawn).
  *
  * Nothing here raises a Lua error while holding the lock: arguments are
  * checked first, and results are copied out under the lock into memory
@@ -18,15 +22,56 @@
 #include <unistd.h>
 
 static pthread_mutex_t env_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t env_cv = PTHREAD_COND_INITIALIZER; /* env_shared or env_writers changed */
+static int env_shared;  /* spawns sharing environ (tether_env_share), under env_mu */
+static int env_writers; /* writers waiting for the shares to end: new shares wait for them */
 
-/* tether_env_lock() - take the environment lock. Not recursive: a holder
- * must not call any env_* function below. */
-void tether_env_lock(void) {
+/* Takes env_mu for a read of environ: waits for writers only. */
+static void env_read_lock(void) {
   pthread_mutex_lock(&env_mu);
 }
 
-/* tether_env_unlock() - release the environment lock. */
+/* tether_env_lock() - take the environment lock to change environ (or to
+ * fork): waits until no spawn shares it. Not recursive: a holder must not
+ * call any env_* function below. */
+void tether_env_lock(void) {
+  pthread_mutex_lock(&env_mu);
+  if (env_shared > 0) {
+    env_writers++;
+    while (env_shared > 0) pthread_cond_wait(&env_cv, &env_mu);
+    /* shares waiting for writers recheck once this one unlocks */
+    if (--env_writers == 0) pthread_cond_broadcast(&env_cv);
+  }
+}
+
+/* tether_env_unlock() - release the environment lock (either kind). */
 void tether_env_unlock(void) {
+  pthread_mutex_unlock(&env_mu);
+}
+
+/* tether_env_share() - environ stays as it is (no writer) until the
+ * matching tether_env_unshare; other reads and shares go on meanwhile. */
+void tether_env_share(void) {
+  pthread_mutex_lock(&env_mu);
+  while (env_writers > 0) pthread_cond_wait(&env_cv, &env_mu); /* writers first */
+  env_shared++;
+  pthread_mutex_unlock(&env_mu);
+}
+
+/* tether_env_unshare() - ends a tether_env_share. */
+void tether_env_unshare(void) {
+  pthread_mutex_lock(&env_mu);
+  if (--env_shared == 0) pthread_cond_broadcast(&env_cv);
+  pthread_mutex_unlock(&env_mu);
+}
+
+/* tether_env_child_unlock() - in a fork's child (one thread, the lock taken
+ * by tether_env_lock in the parent): releases it, with a fresh condition
+ * variable (the parent's may count waiters that do not exist here). */
+void tether_env_child_unlock(void) {
+  env_shared = 0;
+  env_writers = 0;
+  pthread_cond_init(&env_cv, NULL);
   pthread_mutex_unlock(&env_mu);
 }
 
@@ -59,7 +104,7 @@ static int env_get(lua_State *L) {
   for (;;) {
     const char *v;
     size_t len = 0;
-    tether_env_lock();
+    env_read_lock();
     v = getenv(k);
     if (v != NULL) {
       len = strlen(v);
@@ -131,7 +176,7 @@ static int env_list(lua_State *L) {
     char **e;
     need = 0;
     n = 0;
-    tether_env_lock();
+    env_read_lock();
     for (e = environ; e != NULL && *e != NULL; e++) {
       need += strlen(*e) + 1;
       n++;

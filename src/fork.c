@@ -33,7 +33,7 @@ static void in_child(void) {
   tether_pool_fork(2);
   tether_relay_unlock();
   tether_children_unlock();
-  tether_env_unlock();
+  tether_env_child_unlock();
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;

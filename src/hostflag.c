@@ -6,12 +6,24 @@
  * reason (done, client abort, ngx.exit, an error), the flag is set, and tether's sweeper
  * cancels and reaps the commands the request left. The callback runs no Lua, allocates
  * nothing and only touches the flag. The flag's memory is shared by the Lua object and
- * the host (a reference count), so whichever lets go last frees it. */
+ * the host (a reference count), so whichever lets go last frees it.
+ *
+ * Also owns request watches (reqwatch): a command tether.ngx runs whole in nginx's thread
+ * pool is tied to its request by one. The watch's callback goes on the request's cleanup
+ * list like a flag's; the pool thread that runs the command waits on an eventfd of its own
+ * that the callback signals, so a dropped request wakes it with no Lua and no syscall in
+ * the event loop. A mutex orders the callback against the pool thread opening and closing
+ * that eventfd; a reference count (the host's, the pool thread's) frees the watch. */
 #include "tether.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #define HOSTFLAG_MT "tether.hostflag"
 
@@ -92,6 +104,93 @@ static int hf_gc(lua_State *L) {
   return 0;
 }
 
+struct reqwatch {
+  atomic_int refs;      /* the host (until it fires or is disarmed) and the pool thread's task */
+  pthread_mutex_t mu;   /* guards fired and wake */
+  int fired;
+  int wake;             /* the task's eventfd while it watches, else -1 */
+};
+
+static void reqwatch_drop(struct reqwatch *w) {
+  if (atomic_fetch_sub(&w->refs, 1) == 1) {
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+  }
+}
+
+/* The host's callback: the request is gone. */
+static void reqwatch_fire(void *data) {
+  struct reqwatch *w = data;
+  pthread_mutex_lock(&w->mu);
+  w->fired = 1;
+  if (w->wake >= 0) tether_efd_write(w->wake);
+  pthread_mutex_unlock(&w->mu);
+  reqwatch_drop(w);
+}
+
+static struct reqwatch *reqwatch_arg(lua_State *L, int idx) {
+  lua_Integer id = luaL_checkinteger(L, idx);
+  if (id == 0) luaL_argerror(L, idx, "not a request watch");
+  return (struct reqwatch *)(uintptr_t)id;
+}
+
+/* reqwatch() -> callback, data (light userdata), id (integer) | nil, errno: a watch with
+ * two references: the host's (callback(data) drops it, or reqwatch_disarm) and the task's
+ * (reqwatch_close). id names it in any Lua VM of the process. */
+static int rw_new(lua_State *L) {
+  struct reqwatch *w = calloc(1, sizeof *w);
+  if (!w) return tether_fail(L, ENOMEM);
+  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return tether_fail(L, ENOMEM); }
+  atomic_init(&w->refs, 2);
+  w->wake = -1;
+  void (*fn)(void *) = reqwatch_fire;
+  void *p;
+  memcpy(&p, &fn, sizeof p);
+  lua_pushlightuserdata(L, p);
+  lua_pushlightuserdata(L, w);
+  lua_pushinteger(L, (lua_Integer)(uintptr_t)w);
+  return 3;
+}
+
+/* reqwatch_disarm(id): the host will not call the callback (it was never handed over, or
+ * taken back); drops the host's reference. */
+static int rw_disarm(lua_State *L) {
+  reqwatch_drop(reqwatch_arg(L, 1));
+  return 0;
+}
+
+/* reqwatch_open(id) -> fd | false: the task's side. An eventfd (O_CLOEXEC, non-blocking)
+ * that becomes readable when the host fires; false when it has fired already; nil, errno. */
+static int rw_open(lua_State *L) {
+  struct reqwatch *w = reqwatch_arg(L, 1);
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return tether_fail(L, errno);
+  pthread_mutex_lock(&w->mu);
+  int fired = w->fired;
+  if (!fired) w->wake = fd;
+  pthread_mutex_unlock(&w->mu);
+  if (fired) {
+    close(fd);
+    lua_pushboolean(L, 0);
+  } else {
+    lua_pushinteger(L, fd);
+  }
+  return 1;
+}
+
+/* reqwatch_close(id, fd): the task is done: stops watching, closes fd (from reqwatch_open;
+ * -1 or false: none) and drops the task's reference. Once per watch. */
+static int rw_close(lua_State *L) {
+  struct reqwatch *w = reqwatch_arg(L, 1);
+  int fd = lua_isnumber(L, 2) ? (int)lua_tointeger(L, 2) : -1;
+  pthread_mutex_lock(&w->mu);
+  w->wake = -1;
+  pthread_mutex_unlock(&w->mu);
+  if (fd >= 0) close(fd);
+  reqwatch_drop(w);
+  return 0;
+}
+
 static const luaL_Reg methods[] = {
   {"arm", hf_arm}, {"disarm", hf_disarm}, {"is_set", hf_is_set}, {NULL, NULL},
 };
@@ -107,4 +206,12 @@ void tether_open_hostflag(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, hf_new);
   lua_setfield(L, -2, "hostflag");
+  lua_pushcfunction(L, rw_new);
+  lua_setfield(L, -2, "reqwatch");
+  lua_pushcfunction(L, rw_disarm);
+  lua_setfield(L, -2, "reqwatch_disarm");
+  lua_pushcfunction(L, rw_open);
+  lua_setfield(L, -2, "reqwatch_open");
+  lua_pushcfunction(L, rw_close);
+  lua_setfield(L, -2, "reqwatch_close");
 }

@@ -300,11 +300,11 @@ static int spawn_relayed(lua_State *L, struct child_args *a) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int inherit_env = a->envp == NULL;
-  if (inherit_env) { tether_env_lock(); a->envp = environ; }
+  if (inherit_env) { tether_env_share(); a->envp = environ; } /* (env.c: reads go on) */
   tether_relay *r = NULL;
   int rc = tether_relay_spawn(a, &r);
   int e = errno;
-  if (inherit_env) tether_env_unlock();
+  if (inherit_env) tether_env_unshare();
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc < 0) {
     lua_pushnil(L);
@@ -530,7 +530,7 @@ static int proc_spawn(lua_State *L) {
   pthread_sigmask(SIG_SETMASK, &all, &old);
   a.mask = old;
   int inherit_env = a.envp == NULL;
-  if (inherit_env) { tether_env_lock(); a.envp = environ; }
+  if (inherit_env) { tether_env_share(); a.envp = environ; } /* (env.c: reads go on) */
 
   /* Held until the child is in the pid table: reaper mode's wait4(-1) cannot take it
    * before (after execve it is an ordinary SIGCHLD child and could exit at once). */
@@ -563,7 +563,7 @@ static int proc_spawn(lua_State *L) {
   tether_children_unlock();
   UNPOISON(stack, sizeof stack);
 
-  if (inherit_env) tether_env_unlock();
+  if (inherit_env) tether_env_unshare();
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (procs_fd >= 0) close(procs_fd);
   if (errpipe[0] >= 0) { /* the child's report, or EOF once execve closed the pipe */

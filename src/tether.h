@@ -54,6 +54,9 @@ void tether_sync_fork(int phase); /* sync.c: every semaphore's lock (same phases
  * a child inherits environ. */
 void tether_env_lock(void);
 void tether_env_unlock(void);
+void tether_env_share(void);        /* a spawn's child inherits environ: no writer meanwhile */
+void tether_env_unshare(void);
+void tether_env_child_unlock(void); /* fork.c's child side of tether_env_lock */
 
 /* Reap processes whose Lua objects were collected without wait (children.c).
  * Cheap when there are none; called from the common entry points. tether_reap_pending

@@ -326,7 +326,7 @@ engine.first_line = first_line
 -- exit_error(c, state, stderr) -> the ExitError of a command that did not succeed: its
 -- message names the command (`exec: "sh -c 'exit 3'": exit status 3: <stderr line>`).
 local function exit_error(c, state, stderr)
-  local r = c._run
+  local r = c._run or {} -- (none for a command tether.ngx ran whole in nginx's thread pool)
   local msg
   if r.timed_out then
     msg = ("%s (%s)"):format(tostring(r.timeout_err), tostring(state))

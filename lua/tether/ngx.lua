@@ -3,9 +3,9 @@
 -- Owns three things (issue 12):
 -- * Whole commands in the pool. Under waiters.ngx, cmd:run(), output() and combined_output()
 --   of a command made of plain values run start to end in a pool thread's Lua VM
---   (run_plain); the request yields once and gets the result back as scalars. A pipe
---   whose write end the request holds lets the pool thread kill the command if the
---   request is dropped.
+--   (run_plain); the request yields once and gets the result back as scalars. A request
+--   watch (core.reqwatch) on the request's cleanup list lets the pool thread kill the
+--   command if the request is dropped.
 -- * Waiting on the event. waiters.ngx hands every wait to a thread of nginx's thread pool
 --   (ngx.run_worker_thread): the pool thread blocks in poll(2) on the fds, and nginx resumes
 --   the request when the thread is done, so the request wakes on the event itself, not on
@@ -104,7 +104,8 @@ end
 -- files, cancel, wait_delay, hooks) keeps the command in the request.
 local PLAIN = { path = "string", args = "table", env = "table", dir = "string", stdin = "string",
   setpgid = "boolean", setsid = "boolean", pdeathsig = "string", uid = "number", gid = "number",
-  groups = "table", max_output = "number" }
+  groups = "table", max_output = "number",
+  _looked_up = "string" } -- exec.command's note that path came from a PATH search (messages)
 local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
 local offload_phases = { rewrite = true, access = true, content = true, timer = true }
 
@@ -116,7 +117,8 @@ local function plain_list(t)
   return true
 end
 
-local track_fd -- defined below: ties an fd to the request (closed when it is dropped)
+local tie -- defined below: puts a C callback on the request's cleanup list
+local wait_mod -- tether.wait, once loaded
 
 -- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
 local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
@@ -131,7 +133,9 @@ end
 function M.offload(cmd, how)
   local pool = M.thread_pool
   if not pool or missing[pool] or not M.offload_commands or cmd._started or cmd.err then return nil end
-  if not require("tether.wait").waiter_many or not offload_phases[ngx.get_phase()] then return nil end
+  local phase = ngx.get_phase()
+  wait_mod = wait_mod or require("tether.wait")
+  if not offload_phases[phase] or not wait_mod.waiter_many then return nil end
   local spec = {}
   for k, v in pairs(cmd) do
     local want = PLAIN[k]
@@ -140,24 +144,28 @@ function M.offload(cmd, how)
     if want == "table" and not plain_list(v) then return nil end
     spec[k] = v
   end
-  -- The abort pipe: when the request is dropped, its write end is closed and the pool
-  -- thread cancels the command (SIGKILL) and reaps it.
-  local r, w = core.pipe()
-  if not r then return nil end
+  -- The request watch: if nginx drops the request, nginx's cleanup calls a C callback of
+  -- tether's (no Lua runs) that wakes the pool thread, which cancels the command (SIGKILL)
+  -- and reaps it. The task owns a reference and drops it when done, even if this request
+  -- is long gone by then (a task nginx has queued always runs).
+  local fire, data, watch = core.reqwatch()
+  if not fire then return nil end
   -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
   -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
   if core.spawn_mode() == "direct" then core.guard_children(true) end
-  -- The read end belongs to the task from here on: it closes it when done, even if this
-  -- request is long gone by then (a task nginx has queued always runs).
-  local rfd = r:release()
-  local tracked = track_fd(w)
-  local ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime, maxrss =
-    ngx.run_worker_thread(pool, "tether.ngx", "run_plain", spec, how, rfd)
-  if tracked then tracked.fds[w] = nil end
-  w:close()
-  if not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true)) then
-    core.close_int(rfd) -- run_plain never ran (not queued, or its module did not load)
+  local cln = request_phases[phase] and tie(fire, data)
+  if not cln then core.reqwatch_disarm(watch) end -- no request to watch
+  -- (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued then)
+  local called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
+    maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
+  if cln then
+    cln.handler = nil -- the request goes on: nginx must not call the callback now
+    core.reqwatch_disarm(watch)
   end
+  if not called or (not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true))) then
+    core.reqwatch_close(watch) -- run_plain never ran (not queued, or its module did not load)
+  end
+  if not called then error(ok, 0) end
   if not ok then
     if type(res) == "string" and res:find(TASK_ERR, 1, true) then
       error("tether: " .. res, 0) -- the command's run raised in the pool thread
@@ -170,15 +178,22 @@ function M.offload(cmd, how)
     utime, stime, maxrss)
 end
 
---- run_plain(spec, how, abort_fd) -> result | false: the pool-thread side of offload.
-function M.run_plain(spec, how, abort_fd)
+--- run_plain(spec, how, watch) -> result | false: the pool-thread side of offload; watch is
+-- the request's (core.reqwatch), which this task closes whatever happens.
+function M.run_plain(spec, how, watch)
   local okr, tether = pcall(require, "tether")
-  if not okr then core.close_int(abort_fd); error(TASK_ERR .. tostring(tether), 0) end
+  if not okr then core.reqwatch_close(watch); error(TASK_ERR .. tostring(tether), 0) end
+  local abort_fd, werr = core.reqwatch_open(watch)
+  if abort_fd == false then -- the request was dropped before this task ran: nothing to run
+    core.reqwatch_close(watch)
+    return false
+  end
+  if not abort_fd then core.reqwatch_close(watch); error(TASK_ERR .. "eventfd: errno " .. tostring(werr), 0) end
   local exec = require "tether.exec"
   local cmd = exec.command("tether")
   for k, v in pairs(spec) do cmd[k] = v end
   cmd.err = nil
-  -- While the command runs, the request's abort pipe is watched too: once the request is
+  -- While the command runs, the request's watch is polled too: once the request is
   -- dropped, the command is killed (its group with setpgid), as a cancelled context does.
   local list, killed = { -1, "r", abort_fd, "r" }, false
   tether.set_waiter(function(fd, events, timeout)
@@ -193,7 +208,7 @@ function M.run_plain(spec, how, abort_fd)
   end)
   local ok, a, b, c = pcall(cmd[how], cmd)
   tether.set_waiter(nil)
-  core.close_int(abort_fd)
+  core.reqwatch_close(watch, abort_fd)
   if not ok then error(TASK_ERR .. tostring(a), 0) end
   local state = cmd.process_state
   if not state then return false end -- start failed (no pid: see offload)
@@ -272,9 +287,6 @@ local function sweep(premature)
     if s.flag:is_set() then
       scopes[key] = nil
       for cmd in pairs(s.cmds) do left[#left + 1] = cmd end
-      -- Abort pipes: closing the write end wakes the pool thread, which kills the command.
-      for fd in pairs(s.fds) do fd:close() end
-      s.fds = {}
     end
   end
   if premature then -- the worker is exiting: no waiting, kill what is left
@@ -308,7 +320,7 @@ local function scope()
   local s = scopes[key]
   if s and s.flag:is_set() then -- a freed request's address, reused: that one is gone
     scopes[key] = nil
-    if next(s.cmds) or next(s.fds) then
+    if next(s.cmds) then
       scopes[{}] = s -- kept for the sweeper under a key of its own
     end
     s = nil
@@ -320,7 +332,7 @@ local function scope()
     cln = ffi.cast("tether_ngx_cleanup_t *", cln)
     local fn, data = flag:arm()
     cln.handler, cln.data = fn, data
-    s = { flag = flag, cmds = {}, fds = {} }
+    s = { flag = flag, cmds = {} }
     scopes[key] = s
   end
   schedule()
@@ -335,12 +347,18 @@ function M.track(cmd)
   cmd._ngx_scope = s
 end
 
--- track_fd(w) -> the request's record: if the request is dropped, the abort pipe's write
--- end w is closed.
-track_fd = function(w)
-  local s = scope()
-  if s then s.fds[w] = true end
-  return s
+-- tie(fn, data) -> the cleanup entry | nil: puts the C callback fn(data) on the current
+-- request's cleanup list (nginx calls it when it frees the request). The caller clears
+-- entry.handler if it takes the callback back (nginx skips an entry without a handler).
+tie = function(fn, data)
+  if not setup() then return nil end
+  local r = get_request()
+  if not r then return nil end
+  local cln = C.ngx_http_cleanup_add(r, 0)
+  if cln == nil then return nil end
+  cln = ffi.cast("tether_ngx_cleanup_t *", cln)
+  cln.handler, cln.data = fn, data
+  return cln
 end
 
 --- untrack(cmd): called when cmd's wait is done.
