@@ -151,7 +151,7 @@ case1() {
   reset_rows
   add "**tether** exec.command(\"/bin/true\"):run()" "$TL/tether_spawn.lua 2000 0"
   add "tether run(), relay mode (set_spawn_mode(\"relay\"))" "$TL/tether_spawn.lua 2000 0 relay"
-  spawn_rows 2000 0 2000 ">=0.9" ">=1.1"
+  spawn_rows 2000 0 2000 ">=1.0" ">=1.1"
   run_case 1 "Case 1: spawn+wait /bin/true, N=2000" "spawns/s" higher 120
   # relay mode against C vfork (issue 12: target >= 0.8); rows 1 and 2 are relay and vfork
   local rl=${MEDIANS[1]%% *} vf=${MEDIANS[2]%% *}
