@@ -56,7 +56,8 @@ $(CORE): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(OBJS)
 
-# Install what is missing when run as root (a fresh Debian machine); otherwise say what is missing.
+# Install what is missing when run as root (a fresh Debian machine; apt-get is tried twice, a
+# mirror can fail once); otherwise say what is missing.
 # A temporary policy-rc.d keeps apt from starting services (the nginx package would
 # otherwise start a server on port 80); the specs start their own nginx on loopback.
 deps:
@@ -69,8 +70,11 @@ deps:
 	    policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1; \
 	    fi; \
-	    (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing) >/dev/null; arc=$$?; \
+	    for try in 1 2; do \
+	      (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing) >/dev/null; arc=$$?; \
+	      [ $$arc = 0 ] && break; echo "apt-get failed (status $$arc), try $$try of 2"; sleep 5; \
+	    done; \
 	    if [ -n "$$policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
 	    [ $$arc = 0 ] || exit 1; \
 	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
