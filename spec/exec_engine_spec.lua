@@ -357,6 +357,16 @@ describe("error messages", function()
     local _, e2 = c2:run()
     assert.is_truthy(tostring(e2):find("exit status 3: boom", 1, true), tostring(e2))
   end)
+
+  it("quote a table sink's leading strings, whatever else the table held before", function()
+    -- (found by fuzz/cmd_fuzz.c: the message's concat raised on a boolean)
+    local cmd = exec.command("sh", "-c", "echo boom >&2; exit 3")
+    cmd.stderr = { "x", true, 3 }
+    local ok, err = cmd:run()
+    assert.is_nil(ok)
+    assert.are.equal([[exec: "sh -c 'echo boom >&2; exit 3'": exit status 3: x]], tostring(err))
+    assert.are.equal("boom\n", cmd.stderr[4])
+  end)
 end)
 
 describe("the table form of command", function()

@@ -353,9 +353,11 @@ local function stderr_text(c)
   local s = c.stderr
   if type(s) == "table" and not is_buffer(s) and type(s[1]) == "string" then
     local parts = {}
-    for i = 1, 8 do
-      parts[i] = s[i]
-      if not s[i] or find(s[i], "\n", 1, true) then break end
+    for i = 1, 8 do -- the strings it starts with (a user's table may hold anything)
+      local piece = s[i]
+      if type(piece) ~= "string" then break end
+      parts[i] = piece
+      if find(piece, "\n", 1, true) then break end
     end
     return table.concat(parts)
   end
