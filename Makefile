@@ -257,8 +257,9 @@ bench: $(CORE)
 # make fuzz [FUZZ_TIME=60]: every fuzz/<name>_fuzz.c, built with libFuzzer and ASan+UBSan
 # (Debian's clang), linked with the core's sources, runs FUZZ_TIME seconds on the corpus
 # in fuzz/corpus/<name>/ (read only: new inputs go to build/fuzz/corpus-<name>/). A crash,
-# a sanitizer finding or a broken rule (the target aborts) fails it; the reproducer is
-# left in build/fuzz/. Lua 5.4 only.
+# a sanitizer finding or a broken rule (the target aborts) fails it, also when it happened
+# in a spawn's child, which dies alone and leaves the fuzzer running (its report is in the
+# log); the reproducer is left in build/fuzz/. Lua 5.4 only.
 FUZZ_TIME ?= 60
 FUZZ_PKGS := clang libclang-rt-14-dev liblua5.4-dev
 FUZZ_TARGETS := $(patsubst fuzz/%_fuzz.c,%,$(wildcard fuzz/*_fuzz.c))
@@ -275,11 +276,14 @@ fuzz-build:
 	done
 
 fuzz: fuzz-build
-	@rc=0; for t in $(FUZZ_TARGETS); do \
+	@rc=0; rm -f build/fuzz/crash-* build/fuzz/timeout-* build/fuzz/oom-* build/fuzz/leak-*; \
+	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t fuzz/corpus/$$t; \
 	  echo "== fuzz $$t for $(FUZZ_TIME)s"; \
 	  (cd build/fuzz && ASAN_OPTIONS=detect_leaks=1 ./$$t -max_total_time=$(FUZZ_TIME) -max_len=2048 \
 	    -timeout=20 -print_funcs=0 -print_final_stats=1 corpus-$$t ../../fuzz/corpus/$$t > $$t.log 2>&1); trc=$$?; \
 	  tail -n 20 build/fuzz/$$t.log; \
+	  if [ $$trc = 0 ] && grep -q "runtime error:\|ERROR: AddressSanitizer\|Test unit written to" build/fuzz/$$t.log; then \
+	    trc=1; grep -m 3 "runtime error:\|ERROR: AddressSanitizer\|Test unit written to" build/fuzz/$$t.log; fi; \
 	  if [ $$trc != 0 ]; then echo "fuzz $$t FAILED (status $$trc)"; rc=1; fi; \
 	done; exit $$rc

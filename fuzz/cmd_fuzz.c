@@ -11,6 +11,8 @@
  *    "bad argument #2 to 'command'"); a runtime failure is
  *    nil plus an error object, never a raw errno or a string;
  *  - every started child is waited for (no zombie) and no fd is left open after an input.
+ * The first byte also picks the spawn mode (auto, direct or relay: tether.set_spawn_mode),
+ * so relay mode's intermediate is fuzzed too, not only in a host that ignores SIGCHLD.
  * Only /bin/true, /bin/false and paths that cannot exist are ever executed: the path
  * comes from a fixed list, everything else (args, env, dir, ids, fds) is fuzzed.
  *
@@ -116,7 +118,9 @@ static const char *const driver =
   "local paths = { '/bin/true', '/bin/false', '/nonexistent/x', 'true', '', 'rel/x' }\n"
   "local function named(msg) msg = tostring(msg)\n"
   "  return msg:find('exec: ', 1, true) or msg:find('bad argument #%d+ to') end\n"
+  "local modes = { 'auto', 'direct', 'relay' }\n"
   "return function(which, args, f, spec)\n"
+  "  require('tether').set_spawn_mode(modes[which // 8 % 3 + 1])\n"
   "  local path = paths[which % #paths + 1]\n"
   "  local ok, cmd = pcall(exec.command, path, (table.unpack or unpack)(type(args) == 'table' and args or {}))\n"
   "  if not ok then\n"

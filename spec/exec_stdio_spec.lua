@@ -1,6 +1,7 @@
 -- tether.exec: the child's stdio, captured output and the fds it inherits.
 -- Issue #2 acceptance points 6, 7, 8.
 local exec = require "tether.exec"
+local tether = require "tether"
 local util = require "helpers.util"
 
 local unpack = table.unpack or unpack
@@ -388,6 +389,21 @@ describe("the fds a child inherits", function()
     assert.are.same({ 0, 1, 2, 3, 4 }, fds)
     assert.are.equal(p1, targets[3])
     assert.are.equal(p2, targets[4])
+  end)
+
+  it("never include an fd that is not open: extra_files = { 2^31 - 1 } fails the dup2 step with EBADF", function()
+    -- (found by fuzz/cmd_fuzz.c: the child's fd arithmetic overflowed at INT_MAX, which
+    -- check-asan's UBSan reports)
+    for _, mode in ipairs({ "direct", "relay" }) do
+      local prev = tether.set_spawn_mode(mode)
+      local cmd = exec.command("true")
+      cmd.extra_files = { 2147483647 }
+      local ok, err = cmd:run()
+      tether.set_spawn_mode(prev)
+      assert.is_nil(ok, mode)
+      assert.are.equal("dup2", err.step, mode)
+      assert.are.equal(9, err.errno, mode .. ": EBADF, got " .. tostring(err))
+    end
   end)
 
   it("include a luasocket socket passed by its getfd()", function()
