@@ -14,6 +14,7 @@
 #   - p50/p99 of a trivial neighbouring location (/ping, 1 client) while that load runs.
 # Prints a markdown table and the ratios against the thread path (targets: p50 <= 1.1x,
 # event-loop CPU per command <= 1x). Usage: bench/nginx.sh   env: N50=200 NFAST=2000
+# NGINX_FLOOR=1 [NFLOOR=2000]: also the floor of the CPU target (the Cmd built in the request)
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 N50=${N50:-200}
@@ -57,6 +58,8 @@ http {
     location = /thread { content_by_lua_block { require("nginx_handler").thread() } }
     location = /backoff { content_by_lua_block { require("nginx_handler").backoff() } }
     location = /popen { content_by_lua_block { require("nginx_handler").popen() } }
+    location = /pool_on { content_by_lua_block { require("nginx_handler").pool_on() } }
+    location = /thread_cmd { content_by_lua_block { require("nginx_handler").thread_cmd() } }
     location = /ping { content_by_lua_block { ngx.say("pong") } }
   }
 }
@@ -101,5 +104,23 @@ awk -v a="${P50[ngx]}" -v b="${P50[thread]}" -v c="${CPU[ngx]}" -v d="${CPU[thre
   printf "- waiters.ngx / run_worker_thread, 50 ms command p50: %.2fx (target <= 1.1x: %s)\n", r1, r1 <= 1.1 ? "met" : "NOT met"
   printf "- waiters.ngx / run_worker_thread, event-loop CPU per command: %.2fx (target <= 1x: %s)\n", r2, r2 <= 1.0 ? "met" : "NOT met"
 }'
+if [ -n "${NGINX_FLOOR:-}" ]; then
+  # The floor of the event-loop CPU target: the run_worker_thread path with and without the
+  # Cmd built in the request (bench/nginx_handler.lua thread_cmd), and waiters.ngx, on the
+  # fast command, NFLOOR requests x 3 interleaved rounds; medians of the CPU per request.
+  echo
+  "$H" "$PORT" /pool_on 1 1 ok >/dev/null # the backoff row left the pool off
+  declare -A FL
+  for round in 1 2 3; do
+    for loc in thread thread_cmd ngx; do
+      c0=$(cpu_ns); out=$("$H" "$PORT" "/$loc?s=0" 4 "${NFLOOR:-2000}" ok); c1=$(cpu_ns)
+      FL[$loc]="${FL[$loc]:-} $(awk -v a="$c0" -v b="$c1" -v n="$(echo "$out" | field n)" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }')"
+    done
+  done
+  med() { echo $1 | tr ' ' '\n' | sort -n | sed -n 2p; }
+  t=$(med "${FL[thread]}"); tc=$(med "${FL[thread_cmd]}"); ng=$(med "${FL[ngx]}")
+  awk -v t="$t" -v tc="$tc" -v ng="$ng" 'BEGIN {
+    printf "- floor (fast command, medians of 3 rounds): run_worker_thread %d us, + exec.command in the request %d us (%.2fx), waiters.ngx %d us (%.2fx)\n", t, tc, tc / t, ng, ng / t }'
+fi
 zombies=$(ps -o stat= --ppid "$W" | grep -c Z)
 echo "- worker's zombies after the run: $zombies; error log lines: $(grep -c '\[error\]\|\[alert\]' "$T/error.log")"

@@ -16,11 +16,17 @@ function M.ngx()
 end
 
 -- The same, with the thread pool off: checks the fds between ngx.sleep calls (backoff).
+-- The setting is the worker's: it stays off (concurrent requests restoring what they saw
+-- would leave it in either state) until /pool_on (the bench runs this path after ngx's).
 function M.backoff()
-  local prev = tether.ngx_thread_pool(false)
+  tether.ngx_thread_pool(false)
   local out, err = exec.command(argv()):output()
-  tether.ngx_thread_pool(prev)
   ngx.print(out or ("ERR " .. tostring(err)))
+end
+
+function M.pool_on()
+  tether.ngx_thread_pool("tether")
+  ngx.print("ok")
 end
 
 -- In a pool thread's own Lua VM (tether's default, blocking waiter there).
@@ -33,6 +39,14 @@ end
 
 function M.thread()
   local ok, out = ngx.run_worker_thread("tether", "nginx_handler", "in_thread", argv())
+  ngx.print(ok and out or ("ERR " .. tostring(out)))
+end
+
+-- The floor of waiters.ngx's event-loop CPU (NGINX_FLOOR=1 bench/nginx.sh): the thread
+-- path, plus building the Cmd in the request as waiters.ngx's callers do.
+function M.thread_cmd()
+  local cmd = exec.command(argv())
+  local ok, out = ngx.run_worker_thread("tether", "nginx_handler", "in_thread", cmd.path, select(2, argv()))
   ngx.print(ok and out or ("ERR " .. tostring(out)))
 end
 
