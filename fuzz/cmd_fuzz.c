@@ -2,7 +2,8 @@
  *
  * Each input is decoded into Lua values for every field of a Cmd (path, args, env,
  * dir, stdin/stdout/stderr, extra_files, setpgid, setsid, pdeathsig, uid, gid, groups,
- * wait_delay, max_output) and for the C spawn spec (core.spawn: path, argv, env, dir,
+ * wait_delay, max_output, timeout, extra_env, rlimits, umask, cancel, foreground) and for
+ * the C spawn spec (core.spawn: path, argv, env, dir,
  * fds, pgid, setsid, pdeathsig, uid, gid, groups). Both parsers run: exec.command +
  * cmd:run() (the Lua validation, then the C parser) and core.spawn directly.
  *
@@ -17,6 +18,10 @@
  * comes from a fixed list, everything else (args, env, dir, ids, fds) is fuzzed.
  *
  * Build and run: make fuzz (FUZZ_TIME seconds per target; corpus in fuzz/corpus/cmd).
+ * By hand, keep make fuzz's -print_funcs=0: libFuzzer otherwise starts llvm-symbolizer at
+ * its first NEW_FUNC line, and the two pipes it keeps to it count as a leak here.
+ * CMD_FUZZ_DEBUG=1 build/fuzz/cmd <input> prints each input's decoded values;
+ * CMD_FUZZ_SAVE=DIR keeps every input in run order (see save_input).
  */
 #include <dirent.h>
 #include <stdint.h>
@@ -119,7 +124,13 @@ static const char *const driver =
   "local function named(msg) msg = tostring(msg)\n"
   "  return msg:find('exec: ', 1, true) or msg:find('bad argument #%d+ to') end\n"
   "local modes = { 'auto', 'direct', 'relay' }\n"
+  "local function show(v, d) d = d or 0\n"
+  "  if type(v) ~= 'table' or d > 3 then return type(v) == 'string' and ('%q'):format(v) or tostring(v) end\n"
+  "  local t = {} for k, x in pairs(v) do t[#t + 1] = '[' .. show(k, d + 1) .. ']=' .. show(x, d + 1) end\n"
+  "  return '{' .. table.concat(t, ', ') .. '}' end\n"
+  "local debug_inputs = os.getenv('CMD_FUZZ_DEBUG')\n"
   "return function(which, args, f, spec)\n"
+  "  if debug_inputs then io.stderr:write('which=', which, ' args=', show(args), '\\nfields=', show(f), '\\nspec=', show(spec), '\\n') end\n"
   "  require('tether').set_spawn_mode(modes[which // 8 % 3 + 1])\n"
   "  local path = paths[which % #paths + 1]\n"
   "  local ok, cmd = pcall(exec.command, path, (table.unpack or unpack)(type(args) == 'table' and args or {}))\n"
@@ -145,6 +156,7 @@ static const char *const driver =
 static const char *const fields[] = {
   "env", "dir", "stdin", "stdout", "stderr", "extra_files", "setpgid", "setsid",
   "pdeathsig", "uid", "gid", "groups", "wait_delay", "max_output",
+  "timeout", "extra_env", "rlimits", "umask", "cancel", "foreground",
 };
 static const char *const spec_fields[] = {
   "argv", "env", "dir", "fds", "pgid", "setsid", "pdeathsig", "uid", "gid", "groups",
@@ -177,8 +189,25 @@ static void setup(void) {
   base_fds = count_fds();
 }
 
+/* CMD_FUZZ_SAVE=DIR keeps every input, numbered in the order run (DIR/00000001, ...), to
+ * replay a failure that depends on the inputs before it: build/fuzz/cmd DIR/<from> ... */
+static void save_input(const uint8_t *data, size_t size) {
+  static const char *dir;
+  static int checked;
+  static unsigned long seq;
+  if (!checked) { dir = getenv("CMD_FUZZ_SAVE"); checked = 1; }
+  if (!dir) return;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%08lu", dir, ++seq);
+  FILE *f = fopen(path, "wb");
+  if (!f) return;
+  if (size) fwrite(data, 1, size, f);
+  fclose(f);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!L) setup();
+  save_input(data, size);
   input in = { data, size };
   int top = lua_gettop(L);
   lua_getglobal(L, "drive");

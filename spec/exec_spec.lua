@@ -335,6 +335,10 @@ describe("an argument the OS cannot take", function()
         local c = touching(); c.setpgid = 1.5; return c end },
     { "a negative setpgid", "setpgid", function()
         local c = touching(); c.setpgid = -3; return c end },
+    -- (found by the fuzzer: any truthy setsid made a new session, while the kill that a
+    -- timeout sends went to the process alone)
+    { "a setsid that is not a boolean", "setsid", function()
+        local c = touching(); c.setsid = function() end; return c end },
   }
   for _, case in ipairs(cases) do
     local what, word, make = case[1], case[2], case[3]

@@ -333,6 +333,7 @@ local function validate(self)
   elseif is_fdnum(self.setpgid) then pgid = self.setpgid
   elseif self.setpgid ~= nil and self.setpgid ~= false then error("exec: cmd.setpgid must be a boolean or a pgid", 3) end
   if self.foreground ~= nil and type(self.foreground) ~= "boolean" then error("exec: cmd.foreground must be a boolean", 3) end
+  if self.setsid ~= nil and type(self.setsid) ~= "boolean" then error("exec: cmd.setsid must be a boolean", 3) end
   if self.foreground and pgid == nil then pgid = 0 end -- implies its own group (as Go's Foreground)
   -- issue 14 (tini parity): the child keeps inherited SIG_IGN dispositions and the mask
   local inherit, sigign = self.inherit_signals, nil
