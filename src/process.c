@@ -80,7 +80,7 @@ static tproc *new_proc(lua_State *L) {
  * nginx resets: the guard is applied again there). ours: SIGCHLD was unblocked before, so
  * turning the guard off may unblock it; a thread that had it blocked (nginx's pool threads)
  * keeps it blocked whatever happens. */
-static _Thread_local struct { int on, ours; pid_t applied; } guard;
+static _Thread_local struct { int on, ours; pid_t applied; } guard TETHER_TLS_IE;
 
 static void guard_apply(void) {
   pid_t me = getpid();

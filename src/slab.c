@@ -22,7 +22,8 @@ struct slab {
   size_t used;                           /* the owner thread's bump offset */
 };
 
-static _Thread_local struct slab *current; /* this lane thread's slab, or NULL */
+/* this lane thread's slab, or NULL; initial-exec TLS, as tether.h's TETHER_TLS_IE says why */
+static _Thread_local struct slab *current __attribute__((tls_model("initial-exec")));
 
 static struct slab *slab_of(const char *p) {
   return (struct slab *)((uintptr_t)p & ~(uintptr_t)(SLAB_SIZE - 1));

@@ -7,6 +7,18 @@
 
 #include <sys/types.h>
 
+/* Thread-locals of the core use the initial-exec model: a plain offset from the thread
+ * pointer, no __tls_get_addr call (core.so is dlopen'ed: the default for it is dynamic TLS),
+ * so nothing allocates or records TLS lazily, in a spawn's vfork child either. The few
+ * bytes come from the static TLS surplus glibc and musl keep for dlopen'ed modules.
+ * (Under ASan, LeakSanitizer's exit-time scan crashed on a dynamic-TLS record of core.so:
+ * "Tracer caught signal 11", examples/supervisor.lua.) */
+#if defined(__GNUC__)
+#define TETHER_TLS_IE __attribute__((tls_model("initial-exec")))
+#else
+#define TETHER_TLS_IE
+#endif
+
 /* Each C file registers its functions into the core table on top of the stack. */
 void tether_open_sys(lua_State *L);
 void tether_open_fd(lua_State *L);

@@ -107,6 +107,8 @@ local PLAIN = { path = "string", args = "table", env = "table", dir = "string", 
   groups = "table", max_output = "number",
   _looked_up = "string" } -- exec.command's note that path came from a PATH search (messages)
 local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
+local MAX_FLAT_ARGS = 32 -- a longer argv goes in the spec table
+local unpack = unpack or table.unpack -- luacheck: ignore (LuaJIT, 5.1)
 local offload_phases = { rewrite = true, access = true, content = true, timer = true }
 
 local function plain_list(t)
@@ -136,14 +138,17 @@ function M.offload(cmd, how)
   local phase = ngx.get_phase()
   wait_mod = wait_mod or require("tether.wait")
   if not offload_phases[phase] or not wait_mod.waiter_many then return nil end
-  local spec = {}
+  local spec, argv_only = {}, true
   for k, v in pairs(cmd) do
     local want = PLAIN[k]
     if k == "pdeathsig" and type(v) == "number" then want = "number" end
     if type(v) ~= want then return nil end
     if want == "table" and not plain_list(v) then return nil end
     spec[k] = v
+    if k ~= "path" and k ~= "args" and k ~= "_looked_up" then argv_only = false end
   end
+  local args = spec.args
+  if argv_only and (type(args) ~= "table" or #args > MAX_FLAT_ARGS) then argv_only = false end
   -- The request watch: if nginx drops the request, nginx's cleanup calls a C callback of
   -- tether's (no Lua runs) that wakes the pool thread, which cancels the command (SIGKILL)
   -- and reaps it. The task owns a reference and drops it when done, even if this request
@@ -156,8 +161,18 @@ function M.offload(cmd, how)
   local cln = request_phases[phase] and tie(fire, data)
   if not cln then core.reqwatch_disarm(watch) end -- no request to watch
   -- (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued then)
+  -- A bare argv goes as strings (nginx copies them into the pool thread's VM more cheaply
+  -- than a table: this copy runs in the event loop).
   local called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
-    maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
+    maxrss
+  if argv_only then
+    called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
+      maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_argv", how, watch, spec.path,
+        spec._looked_up or false, unpack(args, 1, #args))
+  else
+    called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
+      maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
+  end
   if cln then
     cln.handler = nil -- the request goes on: nginx must not call the callback now
     core.reqwatch_disarm(watch)
@@ -219,6 +234,12 @@ function M.run_plain(spec, how, watch)
   else out = c end
   return ok_, out, not ok_ and b and b.stderr or nil, cmd.truncated,
     st.pid, st.status, st.exited, st.code, st.signal, st.core_dumped, st.utime, st.stime, st.maxrss
+end
+
+--- run_argv(how, watch, path, looked_up, argv...) -> what run_plain returns: run_plain for a
+-- command that is its path and argv only (offload passes those flat).
+function M.run_argv(how, watch, path, looked_up, ...)
+  return M.run_plain({ path = path, args = { ... }, _looked_up = looked_up or nil }, how, watch)
 end
 
 --- Whether run/output/combined_output of plain commands go to the thread pool.
