@@ -738,10 +738,12 @@ static int proc_signal(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  tether_children_lock();
-  int stashed = p->rec && p->rec->stashed; /* reaped by the reaper: the pid may be reused */
-  tether_children_unlock();
-  if (stashed) return tether_fail(L, ESRCH);
+  if (p->rec) { /* our child: reaped by the reaper, its pid may be reused */
+    tether_children_lock();
+    int stashed = p->rec->stashed;
+    tether_children_unlock();
+    if (stashed) return tether_fail(L, ESRCH);
+  }
   int r = p->pidfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) : -1;
   if (p->pidfd < 0 || (r < 0 && errno == ENOSYS))
     r = kill(p->pid, sig); /* unreaped: the pid cannot be recycled */

@@ -129,10 +129,14 @@ end
 -- timeout (seconds) that runs out gives err:is(errors.ErrTimeout); a context
 -- that is done gives its error (context.Canceled or DeadlineExceeded).
 function Channel:recv(limit)
-  local deadline, ctx = wait.limit(limit)
+  local deadline, ctx
+  if limit ~= nil and (type(limit) ~= "number" or limit ~= limit) then
+    deadline, ctx = wait.limit(limit) -- a context; a bad limit raises before a signal is taken
+  end
   pump()
   local v = pop(self)
-  if v then return v end -- already here: no wait
+  if v then return v end -- already here: no wait, no clock read
+  if limit ~= nil and not ctx then deadline = wait.deadline(limit) end
   while true do
     pump()
     v = pop(self)
