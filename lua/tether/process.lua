@@ -83,8 +83,9 @@ end
 
 --- process:signal(sig) -> true | nil, err. sig: "TERM", "SIGTERM" or a number.
 -- Once the process has finished: nil, errors.ErrProcessDone.
+local known_signals = signame.known
 function Process:signal(sig)
-  local n = signum(sig, "signal")
+  local n = known_signals[sig] or signum(sig, "signal")
   local ok, errno = self._p:signal(n)
   if ok then return true end
   return nil, done_or(errno, "signal", self.pid)

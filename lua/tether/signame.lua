@@ -12,6 +12,7 @@ local type, tostring, tonumber, floor = type, tostring, tonumber, math.floor
 local M = {}
 
 local known = {} -- name as given -> number, for the names already parsed (a few dozen at most)
+M.known = known -- (read-only for callers on a hot path: process:signal looks here first)
 
 -- number(sig) -> n | nil, reason: reason reads "unknown signal \"FOO\"",
 -- "invalid signal number 1.5" or "signal name or number expected, got table".
@@ -43,8 +44,9 @@ end
 
 -- name(n) -> "SIGINT" (or "SIGRTMIN+3" / "SIG<n>").
 function M.name(n)
+  local s = SIG[n]
+  if type(s) == "string" then return s end
   local rtmin, rtmax = SIG.SIGRTMIN, SIG.SIGRTMAX
-  if type(SIG[n]) == "string" then return SIG[n] end
   if n >= rtmin and n <= rtmax then
     return n == rtmin and "SIGRTMIN" or ("SIGRTMIN+" .. (n - rtmin))
   end
