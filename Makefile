@@ -283,7 +283,8 @@ fuzz: fuzz-build
 	  (cd build/fuzz && ASAN_OPTIONS=detect_leaks=1 ./$$t -max_total_time=$(FUZZ_TIME) -max_len=2048 \
 	    -timeout=20 -print_funcs=0 -print_final_stats=1 corpus-$$t ../../fuzz/corpus/$$t > $$t.log 2>&1); trc=$$?; \
 	  tail -n 20 build/fuzz/$$t.log; \
-	  if [ $$trc = 0 ] && grep -q "runtime error:\|ERROR: AddressSanitizer\|Test unit written to" build/fuzz/$$t.log; then \
-	    trc=1; grep -m 3 "runtime error:\|ERROR: AddressSanitizer\|Test unit written to" build/fuzz/$$t.log; fi; \
+	  found="runtime error:\|ERROR: AddressSanitizer\|Test unit written to"; \
+	  if [ $$trc = 0 ] && grep -q "$$found" build/fuzz/$$t.log; then \
+	    trc=1; grep -m 3 "$$found" build/fuzz/$$t.log; fi; \
 	  if [ $$trc != 0 ]; then echo "fuzz $$t FAILED (status $$trc)"; rc=1; fi; \
 	done; exit $$rc

@@ -229,8 +229,7 @@ NO_ASAN int tether_child_main(void *arg) {
 
   /* stdio and extra files. Pass 1 moves every source that a lower target would overwrite
    * above all sources and targets; pass 2 dup2s in order. Swaps (1<->2) survive. */
-  long above = (long)a->max_src_fd + 1; /* (a source fd may be INT_MAX: it then fails EBADF) */
-  int next = above > a->nfds ? (above > INT_MAX ? INT_MAX : (int)above) : a->nfds;
+  int next = (a->max_src_fd + 1 > a->nfds) ? a->max_src_fd + 1 : a->nfds; /* (proc_spawn refused a source of INT_MAX) */
   if (a->errpipe >= 0 && a->errpipe < next) { /* keep it out of the way of the targets */
     int nf = fcntl(a->errpipe, F_DUPFD_CLOEXEC, next);
     if (nf < 0) { step = STEP_DUP2; goto fail; }
@@ -411,7 +410,8 @@ static int proc_spawn(lua_State *L) {
     lua_rawgeti(L, fdlist, i + 1);
     a.fds[i] = lua_isnil(L, -1) ? -1 : tether_checkfd(L, -1);
     /* A source far above any usual fd must be open here: the child places the others
-     * above the highest source, which for a bogus 2^31 - 1 would not exist. */
+     * above the highest source, which for a bogus 2^31 - 1 would not exist (an open fd is
+     * below fs.nr_open's ceiling, 2^31 - 64). */
     if (a.fds[i] >= 65536 && fcntl(a.fds[i], F_GETFD) < 0) {
       lua_pushnil(L);
       lua_pushinteger(L, errno);

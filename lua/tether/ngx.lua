@@ -130,6 +130,19 @@ local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, c
     core_dumped = core_dumped, utime = utime, stime = stime, maxrss = maxrss } }
 end
 
+-- hand_over(pool, spec, how, watch, argv_only) -> pcall's results of run_worker_thread for
+-- run_plain (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued
+-- then). A bare argv goes as strings: nginx copies them into the pool thread's VM more
+-- cheaply than a table, and that copy runs in the event loop.
+local function hand_over(pool, spec, how, watch, argv_only)
+  if argv_only then
+    local args = spec.args
+    return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_argv", how, watch, spec.path,
+      spec._looked_up or false, unpack(args, 1, #args))
+  end
+  return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
+end
+
 --- offload(cmd, how) -> result table | nil: runs cmd:run(), output() or combined_output()
 -- (how) in a thread of the pool, when cmd is made of plain values only; nil otherwise.
 function M.offload(cmd, how)
@@ -160,19 +173,8 @@ function M.offload(cmd, how)
   if core.spawn_mode() == "direct" then core.guard_children(true) end
   local cln = request_phases[phase] and tie(fire, data)
   if not cln then core.reqwatch_disarm(watch) end -- no request to watch
-  -- (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued then)
-  -- A bare argv goes as strings (nginx copies them into the pool thread's VM more cheaply
-  -- than a table: this copy runs in the event loop).
   local called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
-    maxrss
-  if argv_only then
-    called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
-      maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_argv", how, watch, spec.path,
-        spec._looked_up or false, unpack(args, 1, #args))
-  else
-    called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
-      maxrss = pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
-  end
+    maxrss = hand_over(pool, spec, how, watch, argv_only)
   if cln then
     cln.handler = nil -- the request goes on: nginx must not call the callback now
     core.reqwatch_disarm(watch)

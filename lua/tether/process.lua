@@ -16,8 +16,12 @@ local SIG = core.signals
 local M = {}
 
 -- signum(sig, what) -> signal number for "TERM", "SIGTERM", "RTMIN+1" or 15; raises naming `what`.
+local known_signals = signame.known -- names parsed before: no parser call (signal's hot path)
 local function signum(sig, what)
-  local n, why = signame.number(sig)
+  local n = known_signals[sig]
+  if n then return n end
+  local why
+  n, why = signame.number(sig)
   if not n then error(what .. ": " .. why, 3) end
   return n
 end
@@ -83,9 +87,8 @@ end
 
 --- process:signal(sig) -> true | nil, err. sig: "TERM", "SIGTERM" or a number.
 -- Once the process has finished: nil, errors.ErrProcessDone.
-local known_signals = signame.known
 function Process:signal(sig)
-  local n = known_signals[sig] or signum(sig, "signal")
+  local n = signum(sig, "signal")
   local ok, errno = self._p:signal(n)
   if ok then return true end
   return nil, done_or(errno, "signal", self.pid)
