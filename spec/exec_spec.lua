@@ -280,6 +280,55 @@ describe("a match through a relative PATH entry", function()
 end)
 
 -- Point 4.
+-- Inside nginx (exec._offload set by tether.ngx) a bare name's PATH search waits for the
+-- first use of cmd.path / cmd.err, so a command run whole in nginx's thread pool is searched
+-- there. Played here with an _offload that never takes the command.
+describe("a command whose PATH search waits (as inside nginx)", function()
+  local saved
+  before_each(function() saved = exec._offload; exec._offload = function() return nil end end)
+  after_each(function() exec._offload = saved end)
+
+  it("gives the same path, error and command line as a search at construction", function()
+    local lazy, eager = exec.command("sh", "-c", "echo hi"), nil
+    exec._offload = saved
+    eager = exec.command("sh", "-c", "echo hi")
+    exec._offload = function() return nil end
+    assert.is_nil(rawget(lazy, "path"), "the search did not wait")
+    assert.are.equal(eager.path, lazy.path)
+    assert.is_nil(lazy.err)
+    assert.are.equal(tostring(eager), tostring(lazy))
+    assert.is_true(exec._is_cmd(lazy))
+    assert.are.equal("hi\n", lazy:output())
+    local missing = exec.command("tether-no-such-binary")
+    assert.is_true(missing.err:is(errors.ErrNotFound))
+    local ok, err = exec.command("tether-no-such-binary"):run()
+    assert.is_nil(ok)
+    assert.is_true(err:is(errors.ErrNotFound), tostring(err))
+    assert.matches('"tether%-no%-such%-binary"', tostring(err))
+  end)
+
+  it("keeps the search's error when cmd.path is set before start, as Go", function()
+    local cmd = exec.command("tether-no-such-binary")
+    cmd.path = "/bin/echo"
+    assert.are.equal("/bin/echo", cmd.path)
+    local ok, err = cmd:run()
+    assert.is_nil(ok)
+    assert.is_true(err:is(errors.ErrNotFound), tostring(err))
+  end)
+
+  it("takes fields, pipelines and output_all like any Cmd", function()
+    local a, b = exec.command("echo", "piped"), exec.command("cat")
+    b.stdout = {}
+    assert.truthy(exec.pipeline({ a, b }))
+    assert.are.equal("piped\n", table.concat(b.stdout))
+    local c = exec.command("sh", "-c", "pwd")
+    c.dir = "/"
+    assert.are.equal("/\n", c:output())
+    local outs = exec.output_all({ exec.command("echo", "x") })
+    assert.are.equal("x\n", outs[1])
+  end)
+end)
+
 describe("an argument the OS cannot take", function()
   local marker
   before_each(function()

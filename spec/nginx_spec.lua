@@ -318,6 +318,18 @@ http {
       }
     }
 
+    # GET /lookup: a bare name's PATH search, left to the pool thread when the command runs
+    # whole there: a missing program, and cmd.path read in the request.
+    location = /lookup {
+      content_by_lua_block {
+        local exec = require "tether.exec"
+        local out, err = exec.command("tether-no-such-binary", "x"):output()
+        ngx.say("missing: ", tostring(out), " ", tostring(err), " ", tostring(err and err:is(require("tether.errors").ErrNotFound)))
+        local cmd = exec.command("sh", "-c", "echo read")
+        ngx.say("path: ", cmd.path, " ", tostring(cmd:output()):gsub("\n", ""), " ", cmd.process and "request" or "pool")
+      }
+    }
+
     # GET /nopool: with a thread pool nginx does not have, commands run in the request and
     # waits poll with a backoff; afterwards the pool "tether" is used again.
     location = /nopool {
@@ -475,6 +487,12 @@ describe("tether in an nginx worker (issue 12)", function()
     -- A plain command (path found on PATH) runs whole in the pool, one with wait_delay not.
     local where = select(2, body:gsub(" ran in the pool and the request", ""))
     assert.are.equal(5, where, body)
+  end)
+
+  it("searches PATH for a command run whole in the pool as it would in the request", function()
+    local body = capture("curl -sS " .. q(url .. "/lookup"))
+    assert.matches('missing: nil exec: "tether%-no%-such%-binary": executable file not found in %$PATH true', body)
+    assert.matches("path: /[%w/]*/sh read pool", body)
   end)
 
   it("runs commands without the thread pool it is told to use, and with it again after", function()

@@ -10,12 +10,14 @@
  *
  * Also owns request watches (reqwatch): a command tether.ngx runs whole in nginx's thread
  * pool is tied to its request by one. The watch's callback goes on the request's cleanup
- * list like a flag's; the pool thread that runs the command waits on an eventfd of its own
+ * list like a flag's, put there by reqwatch_tie itself (nginx's ngx_http_cleanup_add, found
+ * with dlsym: one C call in the event loop, no FFI); the pool thread that runs the command waits on an eventfd of its own
  * that the callback signals, so a dropped request wakes it with no Lua and no syscall in
  * the event loop. A mutex orders the callback against the pool thread opening and closing
  * that eventfd; a reference count (the host's, the pool thread's) frees the watch. */
 #include "tether.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -191,6 +193,62 @@ static int rw_close(lua_State *L) {
   return 0;
 }
 
+/* nginx's ngx_http_cleanup_t: what ngx_http_cleanup_add returns (ngx_http_request.h). */
+struct ngx_cleanup {
+  void (*handler)(void *data);
+  void *data;
+  struct ngx_cleanup *next;
+};
+typedef struct ngx_cleanup *(*cleanup_add_fn)(void *request, size_t size);
+
+/* nginx's ngx_http_cleanup_add, looked up once in the process (NULL outside nginx). */
+static cleanup_add_fn cleanup_add(void) {
+  static _Atomic(cleanup_add_fn) fn;
+  static atomic_int looked;
+  cleanup_add_fn f = atomic_load(&fn);
+  if (f || atomic_load(&looked)) return f;
+  void *sym = dlsym(RTLD_DEFAULT, "ngx_http_cleanup_add");
+  memcpy(&f, &sym, sizeof f);
+  atomic_store(&fn, f);
+  atomic_store(&looked, 1);
+  return f;
+}
+
+/* reqwatch_tie(r) -> id, entry (light userdata) | nil: a request watch whose callback is
+ * already on nginx request r's cleanup list, in one call
+ * from the event loop (r: its address as a light userdata or an integer); nil when this
+ * is not nginx or r is neither. */
+static int rw_tie(lua_State *L) {
+  void *r = NULL;
+  if (lua_type(L, 1) == LUA_TLIGHTUSERDATA) r = lua_touserdata(L, 1);
+  else if (lua_type(L, 1) == LUA_TNUMBER) r = (void *)(uintptr_t)lua_tointeger(L, 1);
+  cleanup_add_fn add = r ? cleanup_add() : NULL;
+  if (!add) return 0;
+  struct reqwatch *w = calloc(1, sizeof *w);
+  if (!w) return 0;
+  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return 0; }
+  struct ngx_cleanup *c = add(r, 0);
+  if (!c) { pthread_mutex_destroy(&w->mu); free(w); return 0; }
+  atomic_init(&w->refs, 2);
+  w->wake = -1;
+  c->data = w;
+  c->handler = reqwatch_fire;
+  lua_pushinteger(L, (lua_Integer)(uintptr_t)w);
+  lua_pushlightuserdata(L, c);
+  return 2;
+}
+
+/* reqwatch_untie(id, entry): the request goes on: takes the callback off entry (nginx skips
+ * an entry without a handler) and drops the host's reference, as reqwatch_disarm. */
+static int rw_untie(lua_State *L) {
+  struct reqwatch *w = reqwatch_arg(L, 1);
+  struct ngx_cleanup *c = lua_touserdata(L, 2);
+  if (!c || c->data != w) return luaL_argerror(L, 2, "not this watch's cleanup entry");
+  c->handler = NULL;
+  reqwatch_drop(w);
+  return 0;
+}
+
 static const luaL_Reg methods[] = {
   {"arm", hf_arm}, {"disarm", hf_disarm}, {"is_set", hf_is_set}, {NULL, NULL},
 };
@@ -214,4 +272,8 @@ void tether_open_hostflag(lua_State *L) {
   lua_setfield(L, -2, "reqwatch_open");
   lua_pushcfunction(L, rw_close);
   lua_setfield(L, -2, "reqwatch_close");
+  lua_pushcfunction(L, rw_tie);
+  lua_setfield(L, -2, "reqwatch_tie");
+  lua_pushcfunction(L, rw_untie);
+  lua_setfield(L, -2, "reqwatch_untie");
 }

@@ -124,6 +124,43 @@ for name in ([[path args env dir stdin stdout stderr extra_files setpgid setsid 
   foreground]]):gmatch("%S+") do FIELDS[name] = true end
 exec._fields = FIELDS
 
+-- resolve(cmd, name): the PATH search of command's bare name: cmd.path, cmd.err (kept for
+-- start), cmd._looked_up.
+local function resolve(cmd, name)
+  local path, err = exec.look_path(name)
+  cmd.path = path or (err.resolved or name)
+  if not path then cmd.err = err end
+  cmd._looked_up = cmd.path -- tostring prints argv[0] for a path found this way
+end
+
+-- Inside nginx (tether.ngx installed), command(name, ...) with a bare name leaves the PATH
+-- search to the first use of cmd.path, cmd.err or cmd._looked_up (read or written; start
+-- reads them): a plain command run whole in nginx's thread pool is searched there, off the
+-- event loop, where a user's own ngx.run_worker_thread function would search it too.
+-- cmd._lookup holds the name until then. Every other key reads and writes as in a Cmd.
+local LazyCmd = {}
+local SEARCHED = { path = true, err = true, _looked_up = true }
+local function settle(cmd)
+  local name = rawget(cmd, "_lookup")
+  setmetatable(cmd, Cmd)
+  cmd._lookup = nil
+  resolve(cmd, name)
+end
+LazyCmd.__index = function(cmd, k)
+  if SEARCHED[k] then settle(cmd); return rawget(cmd, k) end
+  return Cmd[k]
+end
+LazyCmd.__newindex = function(cmd, k, v)
+  if SEARCHED[k] then settle(cmd) end
+  rawset(cmd, k, v)
+end
+
+--- exec._is_cmd(v) -> whether v is a Cmd (made by command or command_context).
+function exec._is_cmd(v)
+  local mt = getmetatable(v)
+  return mt == Cmd or mt == LazyCmd
+end
+
 -- new_cmd(fname, argn0, args, n, fields) -> Cmd from argv args[1..n] (numbers become
 -- strings; raises naming the argument: its number argn0 + i - 1, or argv[i] in the table
 -- form), then the table form's fields. Linear in the number of arguments.
@@ -143,6 +180,9 @@ local function new_cmd(fname, argn0, args, n, fields)
     end
   end
   local name = args[1]
+  if exec._offload and not fields and name ~= "" and not find(name, "/", 1, true) then
+    return setmetatable({ args = args, _lookup = name }, LazyCmd) -- searched on first use
+  end
   local cmd = setmetatable({ path = name, args = args }, Cmd)
   if fields then
     for k, v in pairs(fields) do
@@ -157,13 +197,7 @@ local function new_cmd(fname, argn0, args, n, fields)
   if name == "" then
     cmd.err = errors.new { op = "exec", msg = "exec: no command" } -- as Go, for an empty name
   elseif cmd.path == name and not find(name, "/", 1, true) then
-    local path, err = exec.look_path(name)
-    if path then cmd.path = path
-    else
-      cmd.err = err
-      if err.resolved then cmd.path = err.resolved end
-    end
-    cmd._looked_up = cmd.path -- tostring prints argv[0] for a path found this way
+    resolve(cmd, name)
   end
   return cmd
 end
@@ -582,28 +616,41 @@ function Cmd:wait(limit)
 end
 
 -- tether.ngx (issue 12) may run a whole run/output/combined_output in nginx's thread pool:
--- exec._offload(cmd, how) returns its result table, or nil (then it runs here). This turns
--- that table back into what the call returns, as if it had run here.
-local function offloaded(self, res)
+-- exec._offload(cmd, how) returns true and its results, or nil (then it runs here).
+-- offloaded turns those back into what the call returns, as if it had run here.
+local function offloaded(self, done, ok, out, stderr, truncated, state)
+  if not done then return false end
   self._started, self._waited = true, true
-  self.process_state = process._new_state(res.state)
-  self.truncated = res.truncated
-  if res.ok then return res.out or true end
-  local err = engine.exit_error(self, self.process_state, res.stderr)
-  err.stderr = res.stderr
-  return nil, err, res.out
+  self.process_state = process._new_state(state)
+  self.truncated = truncated
+  if ok then return true, out or true end
+  local err = engine.exit_error(self, self.process_state, stderr)
+  err.stderr = stderr
+  return true, nil, err, out
 end
 
 local function run_or_offload(self, how, fn, arg)
-  local res = exec._offload and exec._offload(self, how)
-  if res then return offloaded(self, res) end
+  local offload = exec._offload
+  if offload then
+    local done, a, b, c = offloaded(self, offload(self, how))
+    if done then
+      if a ~= nil then return a end
+      return a, b, c
+    end
+  end
   return fn(self, arg)
 end
 
 --- cmd:run() -> true | nil, err: start then wait.
 function Cmd:run()
-  local res = exec._offload and exec._offload(self, "run")
-  if res then return offloaded(self, res) end
+  local offload = exec._offload
+  if offload then
+    local done, a, b = offloaded(self, offload(self, "run"))
+    if done then
+      if a ~= nil then return a end
+      return a, b
+    end
+  end
   local ok, err = self:start()
   if not ok then return nil, err end
   return self:wait()
@@ -764,7 +811,7 @@ end
 function exec.pipeline(cmds)
   if type(cmds) ~= "table" or #cmds == 0 then argerror(1, "pipeline", "non-empty list of commands expected") end
   for i, c in ipairs(cmds) do
-    if getmetatable(c) ~= Cmd then argerror(1, "pipeline", ("element %d is not a Cmd"):format(i)) end
+    if not exec._is_cmd(c) then argerror(1, "pipeline", ("element %d is not a Cmd"):format(i)) end
     if i > 1 and c.stdin ~= nil then argerror(1, "pipeline", ("cmd %d has stdin set"):format(i)) end
     if i < #cmds and c.stdout ~= nil then argerror(1, "pipeline", ("cmd %d has stdout set"):format(i)) end
   end
@@ -812,7 +859,7 @@ function exec.output_all(cmds, opts)
   if type(cmds) ~= "table" then argerror(1, "output_all", "list of commands expected, got " .. type(cmds)) end
   local n = #cmds
   for i = 1, n do
-    if getmetatable(cmds[i]) ~= Cmd then argerror(1, "output_all", ("element %d is not a Cmd"):format(i)) end
+    if not exec._is_cmd(cmds[i]) then argerror(1, "output_all", ("element %d is not a Cmd"):format(i)) end
   end
   if opts ~= nil and type(opts) ~= "table" then argerror(2, "output_all", "table expected, got " .. type(opts)) end
   opts = opts or {}
@@ -897,6 +944,9 @@ function exec.pipe()
 end
 
 exec.Cmd, exec.Process, exec.ProcessState, exec.Reader, exec.Writer = Cmd, Process, ProcessState, Reader, Writer
+for k, v in pairs(Cmd) do -- a Cmd whose search waits (LazyCmd) has Cmd's metamethods
+  if type(k) == "string" and k:sub(1, 2) == "__" and LazyCmd[k] == nil then LazyCmd[k] = v end
+end
 
 -- Inside nginx's Lua module, a request's commands are tied to it (tether.ngx, issue 12).
 if rawget(_G, "ngx") and type(ngx.get_phase) == "function" then require("tether.ngx").install(exec) end

@@ -97,158 +97,7 @@ function M.wait(fd, events, timeout)
 end
 
 ---------------------------------------------------------------------------
--- Whole commands in the thread pool
-
--- The Cmd fields a command may have to run in a pool thread: plain values that copy
--- across Lua VMs and mean the same there. Anything else (sinks, pipes, contexts, extra
--- files, cancel, wait_delay, hooks) keeps the command in the request.
-local PLAIN = { path = "string", args = "table", env = "table", dir = "string", stdin = "string",
-  setpgid = "boolean", setsid = "boolean", pdeathsig = "string", uid = "number", gid = "number",
-  groups = "table", max_output = "number",
-  _looked_up = "string" } -- exec.command's note that path came from a PATH search (messages)
-local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
-local MAX_FLAT_ARGS = 32 -- a longer argv goes in the spec table
-local unpack = unpack or table.unpack -- luacheck: ignore (LuaJIT, 5.1)
-local offload_phases = { rewrite = true, access = true, content = true, timer = true }
-
-local function plain_list(t)
-  for k, v in pairs(t) do
-    if type(k) ~= "number" and type(k) ~= "string" then return false end
-    if type(v) ~= "string" and type(v) ~= "number" then return false end
-  end
-  return true
-end
-
-local tie -- defined below: puts a C callback on the request's cleanup list
-local wait_mod -- tether.wait, once loaded
-
--- unpack_result(...) -> the result table offloaded() takes, from run_plain's values.
-local function unpack_result(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
-                             utime, stime, maxrss)
-  return { ok = ok_, out = out, stderr = stderr, truncated = truncated, state = {
-    pid = pid, status = status, exited = exited, code = code, signal = signal,
-    core_dumped = core_dumped, utime = utime, stime = stime, maxrss = maxrss } }
-end
-
--- hand_over(pool, spec, how, watch, argv_only) -> pcall's results of run_worker_thread for
--- run_plain (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued
--- then). A bare argv goes as strings: nginx copies them into the pool thread's VM more
--- cheaply than a table, and that copy runs in the event loop.
-local function hand_over(pool, spec, how, watch, argv_only)
-  if argv_only then
-    local args = spec.args
-    return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_argv", how, watch, spec.path,
-      spec._looked_up or false, unpack(args, 1, #args))
-  end
-  return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
-end
-
---- offload(cmd, how) -> result table | nil: runs cmd:run(), output() or combined_output()
--- (how) in a thread of the pool, when cmd is made of plain values only; nil otherwise.
-function M.offload(cmd, how)
-  local pool = M.thread_pool
-  if not pool or missing[pool] or not M.offload_commands or cmd._started or cmd.err then return nil end
-  local phase = ngx.get_phase()
-  wait_mod = wait_mod or require("tether.wait")
-  if not offload_phases[phase] or not wait_mod.waiter_many then return nil end
-  local spec, argv_only = {}, true
-  for k, v in pairs(cmd) do
-    local want = PLAIN[k]
-    if k == "pdeathsig" and type(v) == "number" then want = "number" end
-    if type(v) ~= want then return nil end
-    if want == "table" and not plain_list(v) then return nil end
-    spec[k] = v
-    if k ~= "path" and k ~= "args" and k ~= "_looked_up" then argv_only = false end
-  end
-  local args = spec.args
-  if argv_only and (type(args) ~= "table" or #args > MAX_FLAT_ARGS) then argv_only = false end
-  -- The request watch: if nginx drops the request, nginx's cleanup calls a C callback of
-  -- tether's (no Lua runs) that wakes the pool thread, which cancels the command (SIGKILL)
-  -- and reaps it. The task owns a reference and drops it when done, even if this request
-  -- is long gone by then (a task nginx has queued always runs).
-  local fire, data, watch = core.reqwatch()
-  if not fire then return nil end
-  -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
-  -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
-  if core.spawn_mode() == "direct" then core.guard_children(true) end
-  local cln = request_phases[phase] and tie(fire, data)
-  if not cln then core.reqwatch_disarm(watch) end -- no request to watch
-  local called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
-    maxrss = hand_over(pool, spec, how, watch, argv_only)
-  if cln then
-    cln.handler = nil -- the request goes on: nginx must not call the callback now
-    core.reqwatch_disarm(watch)
-  end
-  if not called or (not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true))) then
-    core.reqwatch_close(watch) -- run_plain never ran (not queued, or its module did not load)
-  end
-  if not called then error(ok, 0) end
-  if not ok then
-    if type(res) == "string" and res:find(TASK_ERR, 1, true) then
-      error("tether: " .. res, 0) -- the command's run raised in the pool thread
-    end
-    if no_pool(res) then missing[pool] = true end
-    return nil -- not run in the pool: it runs in the request
-  end
-  if pid == nil then return nil end -- it did not start: run here, for the exact error
-  return unpack_result(res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
-    utime, stime, maxrss)
-end
-
---- run_plain(spec, how, watch) -> result | false: the pool-thread side of offload; watch is
--- the request's (core.reqwatch), which this task closes whatever happens.
-function M.run_plain(spec, how, watch)
-  local okr, tether = pcall(require, "tether")
-  if not okr then core.reqwatch_close(watch); error(TASK_ERR .. tostring(tether), 0) end
-  local abort_fd, werr = core.reqwatch_open(watch)
-  if abort_fd == false then -- the request was dropped before this task ran: nothing to run
-    core.reqwatch_close(watch)
-    return false
-  end
-  if not abort_fd then core.reqwatch_close(watch); error(TASK_ERR .. "eventfd: errno " .. tostring(werr), 0) end
-  local exec = require "tether.exec"
-  local cmd = exec.command("tether")
-  for k, v in pairs(spec) do cmd[k] = v end
-  cmd.err = nil
-  -- While the command runs, the request's watch is polled too: once the request is
-  -- dropped, the command is killed (its group with setpgid), as a cancelled context does.
-  local list, killed = { -1, "r", abort_fd, "r" }, false
-  tether.set_waiter(function(fd, events, timeout)
-    list[1], list[2] = fd, events
-    local i = core.poll_many(list, timeout and core.now() + timeout)
-    if i == 2 and not killed and cmd.process then
-      killed = true
-      if cmd.setpgid == true then cmd.process:signal_group("SIGKILL") end
-      cmd.process:kill()
-    end
-    if killed then list[3] = -1 end -- seen: poll the command's fds alone from now on
-  end)
-  local ok, a, b, c = pcall(cmd[how], cmd)
-  tether.set_waiter(nil)
-  core.reqwatch_close(watch, abort_fd)
-  if not ok then error(TASK_ERR .. tostring(a), 0) end
-  local state = cmd.process_state
-  if not state then return false end -- start failed (no pid: see offload)
-  -- Scalars only (cheaper for nginx to copy back than tables): see unpack_result.
-  local st, ok_, out = state._s, false, nil
-  if how == "run" then ok_ = a == true
-  elseif a then ok_, out = true, a
-  else out = c end
-  return ok_, out, not ok_ and b and b.stderr or nil, cmd.truncated,
-    st.pid, st.status, st.exited, st.code, st.signal, st.core_dumped, st.utime, st.stime, st.maxrss
-end
-
---- run_argv(how, watch, path, looked_up, argv...) -> what run_plain returns: run_plain for a
--- command that is its path and argv only (offload passes those flat).
-function M.run_argv(how, watch, path, looked_up, ...)
-  return M.run_plain({ path = path, args = { ... }, _looked_up = looked_up or nil }, how, watch)
-end
-
---- Whether run/output/combined_output of plain commands go to the thread pool.
-M.offload_commands = true
-
----------------------------------------------------------------------------
--- Requests' commands
+-- nginx's C side (LuaJIT's FFI, lua-resty-core)
 
 local ffi, get_request, C
 local scopes = {}      -- request address -> { flag = hostflag, cmds = { [cmd] = true } }
@@ -278,6 +127,196 @@ local function setup()
   ready = ok
   return ready
 end
+
+---------------------------------------------------------------------------
+-- Whole commands in the thread pool
+
+-- The Cmd fields a command may have to run in a pool thread: plain values that copy
+-- across Lua VMs and mean the same there. Anything else (sinks, pipes, contexts, extra
+-- files, cancel, wait_delay, hooks) keeps the command in the request.
+local PLAIN = { path = "string", args = "table", env = "table", dir = "string", stdin = "string",
+  setpgid = "boolean", setsid = "boolean", pdeathsig = "string", uid = "number", gid = "number",
+  groups = "table", max_output = "number",
+  _looked_up = "string", -- exec.command's note that path came from a PATH search (messages)
+  _lookup = "string" } -- a bare name exec.command left for the pool thread to search
+-- The keys of a command that is its argv alone (offload passes those flat).
+local ARGV_KEYS = { path = true, args = true, _looked_up = true, _lookup = true }
+local TASK_ERR = "tether.ngx task: " -- starts the errors of run_plain (it closed its fd)
+local MAX_FLAT_ARGS = 32 -- a longer argv goes in the spec table
+local unpack = unpack or table.unpack -- luacheck: ignore (LuaJIT, 5.1)
+local offload_phases = { rewrite = true, access = true, content = true, timer = true }
+
+local function plain_list(t)
+  for k, v in pairs(t) do
+    if type(k) ~= "number" and type(k) ~= "string" then return false end
+    if type(v) ~= "string" and type(v) ~= "number" then return false end
+  end
+  return true
+end
+
+local tie -- defined below: puts a C callback on the request's cleanup list
+local wait_mod -- tether.wait, once loaded
+
+-- offloaded(ok, out, stderr, truncated, pid, ...) -> true, ok, out, stderr, truncated, state:
+-- what offload returns, from run_plain's values (one table: the ProcessState's fields).
+local function offloaded(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
+                         utime, stime, maxrss)
+  return true, ok_, out, stderr, truncated, { pid = pid, status = status, exited = exited, code = code,
+    signal = signal, core_dumped = core_dumped, utime = utime, stime = stime, maxrss = maxrss }
+end
+
+-- hand_over(pool, cmd, how, watch, argv_only) -> pcall's results of run_worker_thread for
+-- run_plain (pcall: LuaJIT yields across it; run_worker_thread raises on misuse, not queued
+-- then). A bare argv goes as strings: nginx copies them into the pool thread's VM more
+-- cheaply than a table, and that copy runs in the event loop. Otherwise a copy of cmd's
+-- fields (all plain: see offload) goes as one table.
+local function hand_over(pool, cmd, how, watch, argv_only)
+  if argv_only then
+    local args = cmd.args
+    return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_argv", how, watch, rawget(cmd, "path") or false,
+      rawget(cmd, "_looked_up") or rawget(cmd, "_lookup") or false, rawget(cmd, "_lookup") ~= nil,
+      unpack(args, 1, #args))
+  end
+  local spec = {}
+  for k, v in pairs(cmd) do spec[k] = v end
+  return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
+end
+
+-- watch_request(phase) -> id, untie: a request watch (core.reqwatch) whose callback is on
+-- the current request's cleanup list (nginx calls it when it frees the request, whatever
+-- the reason); untie() takes it back once the request goes on. id, nil: no request to
+-- watch here (the watch is never fired). nil: no watch at all.
+local function watch_request(phase)
+  if request_phases[phase] and setup() then
+    local r = get_request()
+    if type(r) == "cdata" then r = tonumber(ffi.cast("uintptr_t", r)) end -- (OpenResty's LuaJIT)
+    local id, entry = core.reqwatch_tie(r)
+    if id then return id, entry end
+  end
+  local fire, data, watch = core.reqwatch()
+  if not fire then return nil end
+  local cln = request_phases[phase] and tie(fire, data)
+  if not cln then core.reqwatch_disarm(watch); return watch, nil end
+  return watch, cln
+end
+
+-- unwatch_request(id, entry): the request goes on: nginx must not call the callback now.
+local function unwatch_request(id, entry)
+  if type(entry) == "userdata" then core.reqwatch_untie(id, entry); return end
+  entry.handler = nil
+  core.reqwatch_disarm(id)
+end
+
+--- offload(cmd, how) -> true, ok, out, stderr, truncated, state | nil: runs cmd:run(), output()
+-- or combined_output() (how) in a thread of the pool, when cmd is made of plain values
+-- only (ok: it succeeded; out: its output; state: its ProcessState's fields); nil otherwise.
+function M.offload(cmd, how)
+  local pool = M.thread_pool
+  if not pool or missing[pool] or not M.offload_commands or rawget(cmd, "_started") or rawget(cmd, "err") then
+    return nil
+  end
+  local phase = ngx.get_phase()
+  wait_mod = wait_mod or require("tether.wait")
+  if not offload_phases[phase] or not wait_mod.waiter_many then return nil end
+  local argv_only = true
+  for k, v in pairs(cmd) do
+    local want = PLAIN[k]
+    if k == "pdeathsig" and type(v) == "number" then want = "number" end
+    if type(v) ~= want then return nil end
+    if want == "table" and not plain_list(v) then return nil end
+    if not ARGV_KEYS[k] then argv_only = false end
+  end
+  local args = rawget(cmd, "args")
+  if argv_only and (type(args) ~= "table" or #args > MAX_FLAT_ARGS) then argv_only = false end
+  -- The request watch: if nginx drops the request, nginx's cleanup calls a C callback of
+  -- tether's (no Lua runs) that wakes the pool thread, which cancels the command (SIGKILL)
+  -- and reaps it. The task owns a reference and drops it when done, even if this request
+  -- is long gone by then (a task nginx has queued always runs).
+  local watch, entry = watch_request(phase)
+  if not watch then return nil end
+  -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
+  -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
+  if core.spawn_mode() == "direct" then core.guard_children(true) end
+  local called, ok, res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped, utime, stime,
+    maxrss = hand_over(pool, cmd, how, watch, argv_only)
+  if entry then unwatch_request(watch, entry) end
+  if not called or (not ok and not (type(res) == "string" and res:find(TASK_ERR, 1, true))) then
+    core.reqwatch_close(watch) -- run_plain never ran (not queued, or its module did not load)
+  end
+  if not called then error(ok, 0) end
+  if not ok then
+    if type(res) == "string" and res:find(TASK_ERR, 1, true) then
+      error("tether: " .. res, 0) -- the command's run raised in the pool thread
+    end
+    if no_pool(res) then missing[pool] = true end
+    return nil -- not run in the pool: it runs in the request
+  end
+  if pid == nil then return nil end -- it did not start: run here, for the exact error
+  return offloaded(res, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
+    utime, stime, maxrss)
+end
+
+--- run_plain(spec, how, watch) -> result | false: the pool-thread side of offload; watch is
+-- the request's (core.reqwatch), which this task closes whatever happens.
+function M.run_plain(spec, how, watch)
+  local okr, tether = pcall(require, "tether")
+  if not okr then core.reqwatch_close(watch); error(TASK_ERR .. tostring(tether), 0) end
+  local abort_fd, werr = core.reqwatch_open(watch)
+  if abort_fd == false then -- the request was dropped before this task ran: nothing to run
+    core.reqwatch_close(watch)
+    return false
+  end
+  if not abort_fd then core.reqwatch_close(watch); error(TASK_ERR .. "eventfd: errno " .. tostring(werr), 0) end
+  local exec = require "tether.exec"
+  -- A bare name the request left unsearched (spec._lookup) is searched here; a failure
+  -- stays in cmd.err (no process: the request runs it again for its own error).
+  local cmd = exec.command(spec._lookup or "/")
+  for k, v in pairs(spec) do
+    if k ~= "_lookup" then cmd[k] = v end
+  end
+  if not spec._lookup then cmd.err = nil end
+  -- While the command runs, the request's watch is polled too: once the request is
+  -- dropped, the command is killed (its group with setpgid), as a cancelled context does.
+  local list, killed = { -1, "r", abort_fd, "r" }, false
+  tether.set_waiter(function(fd, events, timeout)
+    list[1], list[2] = fd, events
+    local i = core.poll_many(list, timeout and core.now() + timeout)
+    if i == 2 and not killed and cmd.process then
+      killed = true
+      if cmd.setpgid == true then cmd.process:signal_group("SIGKILL") end
+      cmd.process:kill()
+    end
+    if killed then list[3] = -1 end -- seen: poll the command's fds alone from now on
+  end)
+  local ok, a, b, c = pcall(cmd[how], cmd)
+  tether.set_waiter(nil)
+  core.reqwatch_close(watch, abort_fd)
+  if not ok then error(TASK_ERR .. tostring(a), 0) end
+  local state = cmd.process_state
+  if not state then return false end -- start failed (no pid: see offload)
+  -- Scalars only (cheaper for nginx to copy back than tables): see offloaded.
+  local st, ok_, out = state._s, false, nil
+  if how == "run" then ok_ = a == true
+  elseif a then ok_, out = true, a
+  else out = c end
+  return ok_, out, not ok_ and b and b.stderr or nil, cmd.truncated,
+    st.pid, st.status, st.exited, st.code, st.signal, st.core_dumped, st.utime, st.stime, st.maxrss
+end
+
+--- run_argv(how, watch, path, looked_up, search, argv...) -> what run_plain returns: run_plain
+-- for a command that is its path and argv only (offload passes those flat); with search,
+-- looked_up is the bare name still to search in PATH (path is false then).
+function M.run_argv(how, watch, path, looked_up, search, ...)
+  if search then return M.run_plain({ args = { ... }, _lookup = looked_up }, how, watch) end
+  return M.run_plain({ path = path, args = { ... }, _looked_up = looked_up or nil }, how, watch)
+end
+
+--- Whether run/output/combined_output of plain commands go to the thread pool.
+M.offload_commands = true
+
+---------------------------------------------------------------------------
+-- Requests' commands
+
 
 -- Cancels a command its request left: its cancel (default SIGKILL, to the group with
 -- setpgid), then waits; wait_delay bounds the wait before SIGKILL, as with a context.

@@ -251,7 +251,7 @@ local function start_kid(r, k)
   k.started_at, k.exited_at = t, nil
   local ok, cmd, cerr = pcall(k.spec.command)
   if not ok then r.raise = r.raise or { cmd }; k.state, k.result = "done", "failed"; return end
-  if cmd ~= nil and getmetatable(cmd) ~= exec.Cmd then
+  if cmd ~= nil and not exec._is_cmd(cmd) then
     r.raise = r.raise or { format('supervisor: child "%s": command must return a Cmd, got %s', k.name, type(cmd)) }
     k.state, k.result = "done", "failed"
     return
