@@ -289,9 +289,9 @@ describe("a command whose PATH search waits (as inside nginx)", function()
   after_each(function() exec._offload = saved end)
 
   it("gives the same path, error and command line as a search at construction", function()
-    local lazy, eager = exec.command("sh", "-c", "echo hi"), nil
+    local lazy = exec.command("sh", "-c", "echo hi")
     exec._offload = saved
-    eager = exec.command("sh", "-c", "echo hi")
+    local eager = exec.command("sh", "-c", "echo hi")
     exec._offload = function() return nil end
     assert.is_nil(rawget(lazy, "path"), "the search did not wait")
     assert.are.equal(eager.path, lazy.path)
