@@ -43,10 +43,11 @@ function M.thread()
 end
 
 -- The floor of waiters.ngx's event-loop CPU (NGINX_FLOOR=1 bench/nginx.sh): the thread
--- path, plus building the Cmd in the request as waiters.ngx's callers do.
+-- path, plus building the Cmd in the request as waiters.ngx's callers do (its argv goes
+-- over; inside nginx the PATH search waits, and in_thread searches).
 function M.thread_cmd()
   local cmd = exec.command(argv())
-  local ok, out = ngx.run_worker_thread("tether", "nginx_handler", "in_thread", cmd.path, select(2, argv()))
+  local ok, out = ngx.run_worker_thread("tether", "nginx_handler", "in_thread", (table.unpack or unpack)(cmd.args))
   ngx.print(ok and out or ("ERR " .. tostring(out)))
 end
 
