@@ -200,42 +200,79 @@ struct ngx_cleanup {
   struct ngx_cleanup *next;
 };
 typedef struct ngx_cleanup *(*cleanup_add_fn)(void *request, size_t size);
+typedef int (*get_phase_fn)(void *request, char **err);
 
-/* nginx's ngx_http_cleanup_add, looked up once in the process (NULL outside nginx). */
-static cleanup_add_fn cleanup_add(void) {
-  static _Atomic(cleanup_add_fn) fn;
-  static atomic_int looked;
-  cleanup_add_fn f = atomic_load(&fn);
-  if (f || atomic_load(&looked)) return f;
-  void *sym = dlsym(RTLD_DEFAULT, "ngx_http_cleanup_add");
-  memcpy(&f, &sym, sizeof f);
-  atomic_store(&fn, f);
-  atomic_store(&looked, 1);
+/* lua-nginx-module's request contexts (ngx_http_lua_common.h, NGX_HTTP_LUA_CONTEXT_*) in
+ * which a command may be tied to its request: rewrite, access, content. */
+#define NGX_LUA_REQUEST_CONTEXTS (0x0002 | 0x0004 | 0x0008)
+
+/* A function of the nginx process by name (dlsym), looked up once; NULL outside nginx. */
+struct host_fn {
+  const char *name;
+  _Atomic(void *) fn;
+  atomic_int looked;
+};
+static struct host_fn cleanup_add = { "ngx_http_cleanup_add", NULL, 0 };
+static struct host_fn get_phase = { "ngx_http_lua_ffi_get_phase", NULL, 0 };
+
+static void *host_fn(struct host_fn *h) {
+  void *f = atomic_load(&h->fn);
+  if (f || atomic_load(&h->looked)) return f;
+  f = dlsym(RTLD_DEFAULT, h->name);
+  atomic_store(&h->fn, f);
+  atomic_store(&h->looked, 1);
   return f;
 }
 
-/* reqwatch_tie(r) -> id, entry (light userdata) | nil: a request watch whose callback is
- * already on nginx request r's cleanup list, in one call
- * from the event loop (r: its address as a light userdata or an integer); nil when this
- * is not nginx or r is neither. */
+/* The request pointer at idx: a light userdata, an integer address, or (LuaJIT) a pointer
+ * cdata, whose payload lua_topointer points at; NULL for anything else. */
+static void *request_arg(lua_State *L, int idx) {
+  switch (lua_type(L, idx)) {
+  case LUA_TLIGHTUSERDATA: return lua_touserdata(L, idx);
+  case LUA_TNUMBER: return (void *)(uintptr_t)lua_tointeger(L, idx);
+#ifdef LUA_JITLIBNAME
+  case 10: { /* LUA_TCDATA */
+    const void *payload = lua_topointer(L, idx);
+    void *r = NULL;
+    if (payload) memcpy(&r, payload, sizeof r);
+    return r;
+  }
+#endif
+  default: return NULL;
+  }
+}
+
+/* reqwatch_tie(r) -> context [, id, entry]: for nginx request r (what lua-resty-core's
+ * get_request returns), lua-nginx-module's context bit (NGX_HTTP_LUA_CONTEXT_*: 8 is
+ * content, 0x80 a timer) and, in rewrite, access and content, a new request watch whose
+ * callback is already on r's cleanup list, with that cleanup entry (light userdata): one C
+ * call in the event loop, no FFI. Nothing when this is not nginx or r is not a request. */
 static int rw_tie(lua_State *L) {
-  void *r = NULL;
-  if (lua_type(L, 1) == LUA_TLIGHTUSERDATA) r = lua_touserdata(L, 1);
-  else if (lua_type(L, 1) == LUA_TNUMBER) r = (void *)(uintptr_t)lua_tointeger(L, 1);
-  cleanup_add_fn add = r ? cleanup_add() : NULL;
-  if (!add) return 0;
+  void *r = request_arg(L, 1);
+  cleanup_add_fn add;
+  get_phase_fn phase;
+  void *f = r ? host_fn(&cleanup_add) : NULL;
+  void *g = f ? host_fn(&get_phase) : NULL;
+  if (!g) return 0;
+  memcpy(&add, &f, sizeof add);
+  memcpy(&phase, &g, sizeof phase);
+  char *err = NULL;
+  int context = phase(r, &err);
+  if (context <= 0) return 0; /* NGX_ERROR, or no request context */
+  lua_pushinteger(L, context);
+  if (!(context & NGX_LUA_REQUEST_CONTEXTS)) return 1;
   struct reqwatch *w = calloc(1, sizeof *w);
-  if (!w) return 0;
-  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return 0; }
+  if (!w) return 1;
+  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return 1; }
   struct ngx_cleanup *c = add(r, 0);
-  if (!c) { pthread_mutex_destroy(&w->mu); free(w); return 0; }
+  if (!c) { pthread_mutex_destroy(&w->mu); free(w); return 1; }
   atomic_init(&w->refs, 2);
   w->wake = -1;
   c->data = w;
   c->handler = reqwatch_fire;
   lua_pushinteger(L, (lua_Integer)(uintptr_t)w);
   lua_pushlightuserdata(L, c);
-  return 2;
+  return 3;
 }
 
 /* reqwatch_untie(id, entry): the request goes on: takes the callback off entry (nginx skips

@@ -100,6 +100,7 @@ end
 -- nginx's C side (LuaJIT's FFI, lua-resty-core)
 
 local ffi, get_request, C
+local uintptr_t, cleanup_ptr -- ctypes, parsed once (a string costs a parse per cast)
 local scopes = {}      -- request address -> { flag = hostflag, cmds = { [cmd] = true } }
 local sweeping = false -- the sweeper timer is scheduled
 
@@ -123,6 +124,7 @@ local function setup()
   ]])
   if not ok then return false end
   C = ffi.C
+  uintptr_t, cleanup_ptr = ffi.typeof("uintptr_t"), ffi.typeof("tether_ngx_cleanup_t *")
   ok = pcall(function() return C.ngx_http_cleanup_add end)
   ready = ok
   return ready
@@ -161,8 +163,11 @@ local wait_mod -- tether.wait, once loaded
 -- what offload returns, from run_plain's values (one table: the ProcessState's fields).
 local function offloaded(ok_, out, stderr, truncated, pid, status, exited, code, signal, core_dumped,
                          utime, stime, maxrss)
-  return true, ok_, out, stderr, truncated, { pid = pid, status = status, exited = exited, code = code,
-    signal = signal, core_dumped = core_dumped, utime = utime, stime = stime, maxrss = maxrss }
+  -- (seven keys fit the smallest hash part that holds them; a signal's two as the C side adds them)
+  local st = { pid = pid, status = status, exited = exited, code = code, utime = utime, stime = stime,
+    maxrss = maxrss }
+  if signal ~= nil then st.signal, st.core_dumped = signal, core_dumped end
+  return true, ok_, out, stderr, truncated, st
 end
 
 -- hand_over(pool, cmd, how, watch, argv_only) -> pcall's results of run_worker_thread for
@@ -182,22 +187,36 @@ local function hand_over(pool, cmd, how, watch, argv_only)
   return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_plain", spec, how, watch)
 end
 
--- watch_request(phase) -> id, untie: a request watch (core.reqwatch) whose callback is on
--- the current request's cleanup list (nginx calls it when it frees the request, whatever
--- the reason); untie() takes it back once the request goes on. id, nil: no request to
--- watch here (the watch is never fired). nil: no watch at all.
-local function watch_request(phase)
-  if request_phases[phase] and setup() then
-    local r = get_request()
-    if type(r) == "cdata" then r = tonumber(ffi.cast("uintptr_t", r)) end -- (OpenResty's LuaJIT)
-    local id, entry = core.reqwatch_tie(r)
-    if id then return id, entry end
+-- lua-nginx-module's context bits (NGX_HTTP_LUA_CONTEXT_*) in which offload runs a command
+-- in the pool: rewrite, access, content, a timer (the phases where it may yield).
+local OFFLOAD_CONTEXTS = { [0x0002] = true, [0x0004] = true, [0x0008] = true, [0x0080] = true }
+
+-- watch_request() -> offloadable, id, entry: whether this phase may hand a command to the
+-- pool and, if so, a request watch (core.reqwatch) whose callback is on the current
+-- request's cleanup list (nginx calls it when it frees the request, whatever the reason),
+-- with the cleanup entry; id, nil: no request to watch here (the watch is never fired);
+-- id nil: no watch at all. One C call in a request (core.reqwatch_tie also reads the
+-- phase); the FFI steps elsewhere.
+local function watch_request()
+  local context, id, entry
+  if setup() then context, id, entry = core.reqwatch_tie(get_request()) end
+  local phase
+  if context then
+    if not OFFLOAD_CONTEXTS[context] then
+      if id then core.reqwatch_untie(id, entry); core.reqwatch_close(id) end
+      return false
+    end
+    if id then return true, id, entry end
+    if context ~= 0x0080 then return true, nil end -- a request not tied (no memory): not here
+  else
+    phase = ngx.get_phase()
+    if not offload_phases[phase] then return false end
   end
   local fire, data, watch = core.reqwatch()
-  if not fire then return nil end
-  local cln = request_phases[phase] and tie(fire, data)
-  if not cln then core.reqwatch_disarm(watch); return watch, nil end
-  return watch, cln
+  if not fire then return true, nil end
+  local cln = phase and request_phases[phase] and tie(fire, data)
+  if not cln then core.reqwatch_disarm(watch); return true, watch, nil end
+  return true, watch, cln
 end
 
 -- unwatch_request(id, entry): the request goes on: nginx must not call the callback now.
@@ -215,9 +234,8 @@ function M.offload(cmd, how)
   if not pool or missing[pool] or not M.offload_commands or rawget(cmd, "_started") or rawget(cmd, "err") then
     return nil
   end
-  local phase = ngx.get_phase()
   wait_mod = wait_mod or require("tether.wait")
-  if not offload_phases[phase] or not wait_mod.waiter_many then return nil end
+  if not wait_mod.waiter_many then return nil end
   local argv_only = true
   for k, v in pairs(cmd) do
     local want = PLAIN[k]
@@ -232,8 +250,8 @@ function M.offload(cmd, how)
   -- tether's (no Lua runs) that wakes the pool thread, which cancels the command (SIGKILL)
   -- and reaps it. The task owns a reference and drops it when done, even if this request
   -- is long gone by then (a task nginx has queued always runs).
-  local watch, entry = watch_request(phase)
-  if not watch then return nil end
+  local offloadable, watch, entry = watch_request()
+  if not offloadable or not watch then return nil end
   -- Spawned directly in a pool thread, the child could be reaped by nginx's SIGCHLD handler
   -- in this (the event loop's) thread: the guard set_waiter armed is put in force here.
   if core.spawn_mode() == "direct" then core.guard_children(true) end
@@ -378,7 +396,7 @@ local function scope()
   if not request_phases[ngx.get_phase()] or not setup() then return nil end
   local r = get_request()
   if not r then return end
-  local key = tonumber(ffi.cast("uintptr_t", r))
+  local key = tonumber(ffi.cast(uintptr_t, r))
   local s = scopes[key]
   if s and s.flag:is_set() then -- a freed request's address, reused: that one is gone
     scopes[key] = nil
@@ -391,7 +409,7 @@ local function scope()
     local flag = core.hostflag()
     local cln = C.ngx_http_cleanup_add(r, 0)
     if cln == nil then return end
-    cln = ffi.cast("tether_ngx_cleanup_t *", cln)
+    cln = ffi.cast(cleanup_ptr, cln)
     local fn, data = flag:arm()
     cln.handler, cln.data = fn, data
     s = { flag = flag, cmds = {} }
@@ -418,7 +436,7 @@ tie = function(fn, data)
   if not r then return nil end
   local cln = C.ngx_http_cleanup_add(r, 0)
   if cln == nil then return nil end
-  cln = ffi.cast("tether_ngx_cleanup_t *", cln)
+  cln = ffi.cast(cleanup_ptr, cln)
   cln.handler, cln.data = fn, data
   return cln
 end
