@@ -14,8 +14,8 @@ local engine = require "tether.engine"
 require "tether.host" -- inside nginx, tells the core that "auto" spawns relay
 local childopts = require "tether.childopts" -- extra_env, rlimits, umask
 
-local type, tostring, pairs, ipairs, setmetatable, error, select, rawget =
-  type, tostring, pairs, ipairs, setmetatable, error, select, rawget
+local type, tostring, pairs, ipairs, setmetatable, error, select, rawget, rawset =
+  type, tostring, pairs, ipairs, setmetatable, error, select, rawget, rawset
 local concat, sort, insert = table.concat, table.sort, table.insert
 local find = string.find
 
@@ -620,9 +620,11 @@ end
 -- offloaded turns those back into what the call returns, as if it had run here.
 local function offloaded(self, done, ok, out, stderr, truncated, state)
   if not done then return false end
-  self._started, self._waited = true, true
-  self.process_state = process._new_state(state)
-  self.truncated = truncated
+  -- (rawset: a Cmd whose PATH search waits would take each through its __newindex)
+  rawset(self, "_started", true)
+  rawset(self, "_waited", true)
+  rawset(self, "process_state", process._new_state(state))
+  rawset(self, "truncated", truncated)
   if ok then return true, out or true end
   local err = engine.exit_error(self, self.process_state, stderr)
   err.stderr = stderr
