@@ -330,6 +330,26 @@ http {
       }
     }
 
+    # GET /intimer: a command run by an ngx.timer.at callback (no request: its watch is
+    # never fired), the result read back here.
+    location = /intimer {
+      content_by_lua_block {
+        local box = {}
+        ngx.timer.at(0, function()
+          local exec = require "tether.exec"
+          local cmd = exec.command("sh", "-c", "echo from-timer")
+          box.out, box.err = cmd:output()
+          box.where = cmd.process and "request" or "pool"
+          box.done = true
+        end)
+        for _ = 1, 500 do
+          if box.done then break end
+          ngx.sleep(0.01)
+        end
+        ngx.say(tostring(box.out):gsub("\n", ""), " ", tostring(box.err), " ", tostring(box.where))
+      }
+    }
+
     # GET /nopool: with a thread pool nginx does not have, commands run in the request and
     # waits poll with a backoff; afterwards the pool "tether" is used again.
     location = /nopool {
@@ -493,6 +513,10 @@ describe("tether in an nginx worker (issue 12)", function()
     local body = capture("curl -sS " .. q(url .. "/lookup"))
     assert.matches('missing: nil exec: "tether%-no%-such%-binary": executable file not found in %$PATH true', body)
     assert.matches("path: /[%w/]*/sh read pool", body)
+  end)
+
+  it("runs a command whole in the pool from an ngx.timer.at callback", function()
+    assert.matches("^from%-timer nil pool\n$", capture("curl -sS " .. q(url .. "/intimer")))
   end)
 
   it("runs commands without the thread pool it is told to use, and with it again after", function()
