@@ -15,7 +15,8 @@
 #   - p50/p99 of a trivial neighbouring location (/ping, 1 client) while that load runs.
 # Prints a markdown table and the ratios against the thread path (targets: p50 <= 1.1x,
 # event-loop CPU per command <= 1x). Usage: bench/nginx.sh   env: N50=200 NFAST=2000
-# NGINX_FLOOR=1 [NFLOOR=2000]: also the floor of the CPU target (the Cmd built in the request)
+# NGINX_FLOOR=1 [NFLOOR=2000]: also the floor of the CPU target (the Cmd built in the request),
+# on the fast command and on the 50 ms one
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 N50=${N50:-200}
@@ -141,6 +142,18 @@ if [ -n "${NGINX_FLOOR:-}" ]; then
   t=$(med "${FL[thread]}"); tc=$(med "${FL[thread_cmd]}"); ng=$(med "${FL[ngx]}")
   awk -v t="$t" -v tc="$tc" -v ng="$ng" 'BEGIN {
     printf "- floor (fast command, medians of 3 rounds): run_worker_thread %d us, + exec.command in the request %d us (%.2fx), waiters.ngx %d us (%.2fx)\n", t, tc, tc / t, ng, ng / t }'
+  # The same on the 50 ms command (an idle worker between events: what the request touches
+  # is cold), N50 requests x 3 interleaved rounds.
+  declare -A FS
+  for round in 1 2 3; do
+    for loc in thread thread_cmd ngx; do
+      c0=$(cpu_ns); out=$("$H" "$PORT" "/$loc?s=0.05" 4 "$N50" ok); c1=$(cpu_ns)
+      FS[$loc]="${FS[$loc]:-} $(awk -v a="$c0" -v b="$c1" -v n="$(echo "$out" | field n)" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }')"
+    done
+  done
+  t=$(med "${FS[thread]}"); tc=$(med "${FS[thread_cmd]}"); ng=$(med "${FS[ngx]}")
+  awk -v t="$t" -v tc="$tc" -v ng="$ng" 'BEGIN {
+    printf "- floor (50 ms command, medians of 3 rounds): run_worker_thread %d us, + exec.command in the request %d us (%.2fx), waiters.ngx %d us (%.2fx)\n", t, tc, tc / t, ng, ng / t }'
 fi
 zombies=$(ps -o stat= --ppid "$W" | grep -c Z)
 echo "- worker's zombies after the run: $zombies; error log lines: $(grep -c '\[error\]\|\[alert\]' "$T/error.log")"
