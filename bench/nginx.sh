@@ -74,6 +74,8 @@ W=$(pgrep -P "$MASTER" | head -1)
 cpu_ns() { awk '{print $1}' "/proc/$W/task/$W/schedstat"; }
 H=$T/httpload
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+# us_per_req C0 C1 OUT: the event loop's CPU (schedstat ns C0 -> C1) per request httpload made (OUT).
+us_per_req() { awk -v a="$1" -v b="$2" -v n="$(echo "$3" | field n)" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }'; }
 
 echo "### Case nginx: tether in nginx 1.22 + lua-nginx-module 0.10.23 (one worker, thread pool 16)"
 echo
@@ -90,7 +92,7 @@ for round in 1 2 3; do
     c0=$(cpu_ns)
     SLOW[$loc]=$(timeout 300 "$H" "$PORT" "/$loc?s=0.05" 4 "$N50" ok)
     c1=$(cpu_ns)
-    RC[$loc]="${RC[$loc]:-} $(awk -v a="$c0" -v b="$c1" -v n="$(echo "${SLOW[$loc]}" | field n)" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }')"
+    RC[$loc]="${RC[$loc]:-} $(us_per_req "$c0" "$c1" "${SLOW[$loc]}")"
     RP[$loc]="${RP[$loc]:-} $(echo "${SLOW[$loc]}" | field p50)"
   done
 done
@@ -103,8 +105,7 @@ for loc in ngx thread backoff popen; do
     c0=$(cpu_ns)
     slow=$(timeout 300 "$H" "$PORT" "/$loc?s=0.05" 4 "$N50" ok)
     c1=$(cpu_ns)
-    n=$(echo "$slow" | field n)
-    cpu=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }')
+    cpu=$(us_per_req "$c0" "$c1" "$slow")
   fi
   "$H" "$PORT" "/$loc?s=0" 16 0 ok >"$T/load.out" &
   lp=$!
@@ -128,32 +129,28 @@ awk -v a="${P50[ngx]}" -v b="${P50[thread]}" -v c="${CPU[ngx]}" -v d="${CPU[thre
 }'
 if [ -n "${NGINX_FLOOR:-}" ]; then
   # The floor of the event-loop CPU target: the run_worker_thread path with and without the
-  # Cmd built in the request (bench/nginx_handler.lua thread_cmd), and waiters.ngx, on the
-  # fast command, NFLOOR requests x 3 interleaved rounds; medians of the CPU per request.
+  # Cmd built in the request (bench/nginx_handler.lua thread_cmd), and waiters.ngx, in 3
+  # interleaved rounds; medians of the CPU per request. On the fast command (NFLOOR requests)
+  # and on the 50 ms one (N50 requests: an idle worker between events, what the request
+  # touches is cold).
+  # floor LABEL SECONDS COUNT: prints one line.
+  floor() {
+    local -A fl
+    local round loc c0 c1 out t tc ng
+    for round in 1 2 3; do
+      for loc in thread thread_cmd ngx; do
+        c0=$(cpu_ns); out=$("$H" "$PORT" "/$loc?s=$2" 4 "$3" ok); c1=$(cpu_ns)
+        fl[$loc]="${fl[$loc]:-} $(us_per_req "$c0" "$c1" "$out")"
+      done
+    done
+    t=$(med "${fl[thread]}"); tc=$(med "${fl[thread_cmd]}"); ng=$(med "${fl[ngx]}")
+    awk -v what="$1" -v t="$t" -v tc="$tc" -v ng="$ng" 'BEGIN {
+      printf "- floor (%s, medians of 3 rounds): run_worker_thread %d us, + exec.command in the request %d us (%.2fx), waiters.ngx %d us (%.2fx)\n", what, t, tc, tc / t, ng, ng / t }'
+  }
   echo
   "$H" "$PORT" /pool_on 1 1 ok >/dev/null # the backoff row left the pool off
-  declare -A FL
-  for round in 1 2 3; do
-    for loc in thread thread_cmd ngx; do
-      c0=$(cpu_ns); out=$("$H" "$PORT" "/$loc?s=0" 4 "${NFLOOR:-2000}" ok); c1=$(cpu_ns)
-      FL[$loc]="${FL[$loc]:-} $(awk -v a="$c0" -v b="$c1" -v n="$(echo "$out" | field n)" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }')"
-    done
-  done
-  t=$(med "${FL[thread]}"); tc=$(med "${FL[thread_cmd]}"); ng=$(med "${FL[ngx]}")
-  awk -v t="$t" -v tc="$tc" -v ng="$ng" 'BEGIN {
-    printf "- floor (fast command, medians of 3 rounds): run_worker_thread %d us, + exec.command in the request %d us (%.2fx), waiters.ngx %d us (%.2fx)\n", t, tc, tc / t, ng, ng / t }'
-  # The same on the 50 ms command (an idle worker between events: what the request touches
-  # is cold), N50 requests x 3 interleaved rounds.
-  declare -A FS
-  for round in 1 2 3; do
-    for loc in thread thread_cmd ngx; do
-      c0=$(cpu_ns); out=$("$H" "$PORT" "/$loc?s=0.05" 4 "$N50" ok); c1=$(cpu_ns)
-      FS[$loc]="${FS[$loc]:-} $(awk -v a="$c0" -v b="$c1" -v n="$(echo "$out" | field n)" 'BEGIN { printf "%.0f", (b - a) / 1000 / (n > 0 ? n : 1) }')"
-    done
-  done
-  t=$(med "${FS[thread]}"); tc=$(med "${FS[thread_cmd]}"); ng=$(med "${FS[ngx]}")
-  awk -v t="$t" -v tc="$tc" -v ng="$ng" 'BEGIN {
-    printf "- floor (50 ms command, medians of 3 rounds): run_worker_thread %d us, + exec.command in the request %d us (%.2fx), waiters.ngx %d us (%.2fx)\n", t, tc, tc / t, ng, ng / t }'
+  floor "fast command" 0 "${NFLOOR:-2000}"
+  floor "50 ms command" 0.05 "$N50"
 fi
 zombies=$(ps -o stat= --ppid "$W" | grep -c Z)
 echo "- worker's zombies after the run: $zombies; error log lines: $(grep -c '\[error\]\|\[alert\]' "$T/error.log")"
