@@ -11,9 +11,9 @@
  * Also owns request watches (reqwatch): a command tether.ngx runs whole in nginx's thread
  * pool is tied to its request by one. The watch's callback goes on the request's cleanup
  * list like a flag's, put there by reqwatch_tie itself (nginx's ngx_http_cleanup_add, found
- * with dlsym: one C call in the event loop, no FFI); the pool thread that runs the command waits on an eventfd of its own
- * that the callback signals, so a dropped request wakes it with no Lua and no syscall in
- * the event loop. A mutex orders the callback against the pool thread opening and closing
+ * with dlsym: one C call in the event loop, no FFI); the pool thread that runs the command
+ * waits on an eventfd of its own that the callback signals, so a dropped request wakes it
+ * with no Lua and no syscall in the event loop. A mutex orders the callback against the pool thread opening and closing
  * that eventfd; a reference count (the host's, the pool thread's) frees the watch. */
 #include "tether.h"
 
@@ -136,15 +136,22 @@ static struct reqwatch *reqwatch_arg(lua_State *L, int idx) {
   return (struct reqwatch *)(uintptr_t)id;
 }
 
+/* A new watch with its two references (host, task), or NULL without memory. */
+static struct reqwatch *reqwatch_alloc(void) {
+  struct reqwatch *w = calloc(1, sizeof *w);
+  if (!w) return NULL;
+  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return NULL; }
+  atomic_init(&w->refs, 2);
+  w->wake = -1;
+  return w;
+}
+
 /* reqwatch() -> callback, data (light userdata), id (integer) | nil, errno: a watch with
  * two references: the host's (callback(data) drops it, or reqwatch_disarm) and the task's
  * (reqwatch_close). id names it in any Lua VM of the process. */
 static int rw_new(lua_State *L) {
-  struct reqwatch *w = calloc(1, sizeof *w);
+  struct reqwatch *w = reqwatch_alloc();
   if (!w) return tether_fail(L, ENOMEM);
-  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return tether_fail(L, ENOMEM); }
-  atomic_init(&w->refs, 2);
-  w->wake = -1;
   void (*fn)(void *) = reqwatch_fire;
   void *p;
   memcpy(&p, &fn, sizeof p);
@@ -261,13 +268,10 @@ static int rw_tie(lua_State *L) {
   if (context <= 0) return 0; /* NGX_ERROR, or no request context */
   lua_pushinteger(L, context);
   if (!(context & NGX_LUA_REQUEST_CONTEXTS)) return 1;
-  struct reqwatch *w = calloc(1, sizeof *w);
+  struct reqwatch *w = reqwatch_alloc();
   if (!w) return 1;
-  if (pthread_mutex_init(&w->mu, NULL) != 0) { free(w); return 1; }
   struct ngx_cleanup *c = add(r, 0);
   if (!c) { pthread_mutex_destroy(&w->mu); free(w); return 1; }
-  atomic_init(&w->refs, 2);
-  w->wake = -1;
   c->data = w;
   c->handler = reqwatch_fire;
   lua_pushinteger(L, (lua_Integer)(uintptr_t)w);

@@ -631,32 +631,29 @@ local function offloaded(self, done, ok, out, stderr, truncated, state)
   return true, nil, err, out
 end
 
+-- run_or_offload(self, how, fn, arg): cmd[how]() whole in the pool when tether.ngx takes it,
+-- else fn(self, arg); the same values either way (run: true | nil, err).
 local function run_or_offload(self, how, fn, arg)
   local offload = exec._offload
   if offload then
     local done, a, b, c = offloaded(self, offload(self, how))
     if done then
       if a ~= nil then return a end
+      if how == "run" then return a, b end
       return a, b, c
     end
   end
   return fn(self, arg)
 end
 
---- cmd:run() -> true | nil, err: start then wait.
-function Cmd:run()
-  local offload = exec._offload
-  if offload then
-    local done, a, b = offloaded(self, offload(self, "run"))
-    if done then
-      if a ~= nil then return a end
-      return a, b
-    end
-  end
+local function start_and_wait(self)
   local ok, err = self:start()
   if not ok then return nil, err end
   return self:wait()
 end
+
+--- cmd:run() -> true | nil, err: start then wait.
+function Cmd:run() return run_or_offload(self, "run", start_and_wait) end
 
 -- A pty command's output() / combined_output(): the terminal's output, read by wait as a
 -- sink (what was read already first); nil when the command has no pty or set stdout.

@@ -101,8 +101,6 @@ end
 
 local ffi, get_request, C
 local uintptr_t, cleanup_ptr -- ctypes, parsed once (a string costs a parse per cast)
-local scopes = {}      -- request address -> { flag = hostflag, cmds = { [cmd] = true } }
-local sweeping = false -- the sweeper timer is scheduled
 
 -- setup() -> whether commands can be tied to their requests here (LuaJIT's FFI,
 -- lua-resty-core's get_request and nginx's ngx_http_cleanup_add). Once.
@@ -177,10 +175,9 @@ end
 -- fields (all plain: see offload) goes as one table.
 local function hand_over(pool, cmd, how, watch, argv_only)
   if argv_only then
-    local args = cmd.args
+    local args, lookup = cmd.args, rawget(cmd, "_lookup")
     return pcall(ngx.run_worker_thread, pool, "tether.ngx", "run_argv", how, watch, rawget(cmd, "path") or false,
-      rawget(cmd, "_looked_up") or rawget(cmd, "_lookup") or false, rawget(cmd, "_lookup") ~= nil,
-      unpack(args, 1, #args))
+      lookup or rawget(cmd, "_looked_up") or false, lookup ~= nil, unpack(args, 1, #args))
   end
   local spec = {}
   for k, v in pairs(cmd) do spec[k] = v end
@@ -288,7 +285,7 @@ function M.run_plain(spec, how, watch)
   local exec = require "tether.exec"
   -- A bare name the request left unsearched (spec._lookup) is searched here; a failure
   -- stays in cmd.err (no process: the request runs it again for its own error).
-  local cmd = exec.command(spec._lookup or "/")
+  local cmd = exec.command(spec._lookup or "/") -- ("/": no search; spec.path replaces it)
   for k, v in pairs(spec) do
     if k ~= "_lookup" then cmd[k] = v end
   end
@@ -334,6 +331,9 @@ M.offload_commands = true
 
 ---------------------------------------------------------------------------
 -- Requests' commands
+
+local scopes = {}      -- request address -> { flag = hostflag, cmds = { [cmd] = true } }
+local sweeping = false -- the sweeper timer is scheduled
 
 
 -- Cancels a command its request left: its cancel (default SIGKILL, to the group with

@@ -130,7 +130,7 @@ end
 -- that is done gives its error (context.Canceled or DeadlineExceeded).
 function Channel:recv(limit)
   local deadline, ctx
-  if limit ~= nil and (type(limit) ~= "number" or limit ~= limit) then
+  if limit ~= nil and not wait.is_seconds(limit) then
     deadline, ctx = wait.limit(limit) -- a context; a bad limit raises before a signal is taken
   end
   pump()

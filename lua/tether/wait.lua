@@ -109,10 +109,13 @@ function M.add_ctx(list, ctx)
   return M.add_context_fds(list)
 end
 
+--- is_seconds(x) -> whether x is a timeout deadline() takes: a number, not NaN.
+function M.is_seconds(x) return type(x) == "number" and x == x end
+
 --- deadline(timeout) -> absolute deadline for a timeout in seconds (nil stays nil).
 function M.deadline(timeout)
   if timeout == nil then return nil end
-  if type(timeout) ~= "number" or timeout ~= timeout then
+  if not M.is_seconds(timeout) then
     error("timeout must be a number of seconds or a context", 3)
   end
   return core.now() + math.max(0, timeout)
